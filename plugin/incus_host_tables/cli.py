@@ -1,0 +1,134 @@
+"""Command line. Imports stay inside the commands: `device` runs in hot
+paths and must not pay for pylxd."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_INVALID = 1  # invalid configuration: every problem listed, nothing changed
+EXIT_USAGE = 2
+EXIT_APPLY_FAILED = 3  # the kernel refused a change; everything was rolled back
+EXIT_UNDO_FAILED = 4  # ... and not everything could be undone
+EXIT_ENVIRONMENT = 5  # interface missing, no permission, Incus unreachable
+
+
+def _rule_priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rule priority {text!r} is not a number") from None
+    if not 1 <= value <= 32765:
+        raise argparse.ArgumentTypeError(
+            f"rule priority {value} must be in 1-32765 (before the main table's rule)"
+        )
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .desired import DEFAULT_RULE_PRIORITY
+
+    parser = argparse.ArgumentParser(
+        prog="incus-host-tables",
+        description="Keep routed NICs' host routes only in the routing tables chosen.",
+    )
+    parser.add_argument(
+        "--rule-priority",
+        type=_rule_priority,
+        default=_rule_priority(
+            os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY))
+        ),
+        help="preference of the plugin's policy rules "
+        f"(default {DEFAULT_RULE_PRIORITY}, or $INCUS_HOST_TABLES_RULE_PRIORITY)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    device = sub.add_parser("device", help="act on one host interface (no Incus needed)")
+    dsub = device.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("plan", "print what apply would change; change nothing"),
+        ("apply", "make the kernel match the device config"),
+        ("cleanup", "remove the device's routes and rules from every table"),
+    ):
+        p = dsub.add_parser(action, help=text, description=text)
+        p.add_argument("--host-name", required=True, help="host-side interface (vethXXXX)")
+        p.add_argument(
+            "config",
+            nargs="*",
+            type=_key_value,
+            metavar="KEY=VALUE",
+            help="NIC device keys as Incus stores them",
+        )
+    return parser
+
+
+def _device(args: argparse.Namespace) -> int:
+    from .config import ConfigError, parse_device
+    from .engine import Engine, InterfaceMissing
+    from .netlink.kernel import ApplyError
+
+    config: dict[str, str] = {}
+    for key, value in args.config:
+        if key in config:
+            print(f"error: {key} given twice", file=sys.stderr)
+            return EXIT_USAGE
+        config[key] = value
+    try:
+        intent = parse_device(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    for warning in intent.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    try:
+        engine = Engine(rule_priority=args.rule_priority)
+    except PermissionError as err:
+        print(f"error: netlink: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    try:
+        if args.action == "cleanup":
+            dp = engine.cleanup(args.host_name, intent)
+        else:
+            dp = engine.converge(args.host_name, intent, dry_run=args.action == "plan")
+    except InterfaceMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except ApplyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_APPLY_FAILED if err.rolled_back else EXIT_UNDO_FAILED
+    except PermissionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    finally:
+        engine.close()
+    lines = dp.lines()
+    if args.action == "plan" and not lines:
+        print("no changes")
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "device":
+        return _device(args)
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

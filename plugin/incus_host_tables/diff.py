@@ -1,0 +1,97 @@
+"""Desired vs. present -> the changes that converge them. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule
+
+
+@dataclass
+class Plan:
+    """Changes for one apply, in the order they are sent."""
+
+    rule_add: list[Rule] = field(default_factory=list)
+    route_add: list[Route] = field(default_factory=list)
+    # Present with the right shape but another protocol (Incus put it there):
+    # re-marked as the plugin's, so ownership is visible in the kernel.
+    route_adopt: list[KernelRoute] = field(default_factory=list)
+    route_delete: list[KernelRoute] = field(default_factory=list)
+    rule_delete: list[KernelRule] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.rule_add
+            or self.route_add
+            or self.route_adopt
+            or self.route_delete
+            or self.rule_delete
+        )
+
+    def count(self) -> int:
+        return (
+            len(self.rule_add)
+            + len(self.route_add)
+            + len(self.route_adopt)
+            + len(self.route_delete)
+            + len(self.rule_delete)
+        )
+
+
+def diff_routes(
+    desired: Iterable[Route],
+    present: Iterable[KernelRoute],
+    *,
+    protocol: int,
+    owned_prefixes: set[tuple[int, bytes, int]],
+    prunable: Callable[[int], bool],
+) -> tuple[list[Route], list[KernelRoute], list[KernelRoute]]:
+    """Routes of one interface: (add, adopt, delete).
+
+    ``present`` are the routes on the device's interface, all tables. A
+    present route is removed when it is not desired and either the plugin
+    installed it or it is a copy of an instance prefix (Incus's copy in main,
+    or one left in a table no longer chosen) in a table we may prune.
+    Anything else on the interface (the kernel's link-local route, the local
+    table) is left alone.
+    """
+    want = dict.fromkeys(desired)
+    add: list[Route] = []
+    adopt: list[KernelRoute] = []
+    delete: list[KernelRoute] = []
+    seen: set[Route] = set()
+    for kr in present:
+        r = kr.route
+        if r.table == LOCAL_TABLE:
+            continue
+        if r in want and r not in seen:
+            seen.add(r)
+            if kr.protocol != protocol:
+                adopt.append(kr)
+            continue
+        ours = kr.protocol == protocol
+        instance_copy = (r.family, r.dst, r.prefixlen) in owned_prefixes and prunable(r.table)
+        if ours or instance_copy:
+            delete.append(kr)
+    add = [r for r in want if r not in seen]
+    # Extra routes before host routes: their gateway resolves through them.
+    delete.sort(key=lambda kr: kr.route.gateway is None)
+    return add, adopt, delete
+
+
+def diff_rules(
+    desired: set[Rule], present: Iterable[KernelRule], *, may_delete: Callable[[Rule], bool]
+) -> tuple[list[Rule], list[KernelRule]]:
+    """Plugin rules: add the missing desired ones; delete present ones that
+    are not desired and that ``may_delete`` releases (another device may
+    still need a shared per-table rule)."""
+    present = list(present)
+    have = {kr.rule for kr in present}
+    add = sorted(desired - have, key=rule_sort_key)
+    delete = [kr for kr in present if kr.rule not in desired and may_delete(kr.rule)]
+    return add, delete
+
+
+def rule_sort_key(rule: Rule) -> tuple[int, int, bytes, int, int]:
+    return (rule.family, rule.table, rule.dst or b"", rule.prefixlen, rule.priority)

@@ -1,0 +1,91 @@
+"""Value types shared by the pure planning code and the netlink layer.
+
+Tuples, not dataclasses: a host may hold tens of thousands of these, and the
+apply path builds and compares them in bulk.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+
+MAIN_TABLE = 254
+LOCAL_TABLE = 255
+
+# Default metrics the kernel gives a route without one; Incus uses them too.
+DEFAULT_PRIORITY = {AF_INET: 0, AF_INET6: 1024}
+HOST_PREFIXLEN = {AF_INET: 32, AF_INET6: 128}
+
+
+class Route(NamedTuple):
+    """A route as the plugin means it (the interface is implied by the device)."""
+
+    family: int
+    table: int
+    dst: bytes  # packed network address
+    prefixlen: int
+    gateway: bytes | None  # extra routes go via the instance's first address
+    priority: int
+
+    @property
+    def is_host(self) -> bool:
+        return self.prefixlen == HOST_PREFIXLEN[self.family]
+
+
+class KernelRoute(NamedTuple):
+    """A route read from the kernel. ``raw`` is the rtmsg with its attributes,
+    exactly as dumped: sent back it deletes or restores this very route."""
+
+    route: Route
+    oif: int
+    protocol: int
+    scope: int
+    type: int
+    raw: bytes
+
+
+class Rule(NamedTuple):
+    """A policy rule `iif lo [to DST/LEN] lookup TABLE [suppress_prefixlength N]`."""
+
+    family: int
+    table: int
+    priority: int
+    dst: bytes | None  # None: the per-table rule for host routes
+    prefixlen: int
+    suppress_prefixlength: int | None
+
+
+class KernelRule(NamedTuple):
+    rule: Rule
+    protocol: int
+    raw: bytes
+
+
+def format_prefix(family: int, dst: bytes, prefixlen: int) -> str:
+    return f"{socket.inet_ntop(family, dst)}/{prefixlen}"
+
+
+def describe_route(route: Route, ifname: str | None = None) -> str:
+    text = format_prefix(route.family, route.dst, route.prefixlen)
+    if route.gateway is not None:
+        text += f" via {socket.inet_ntop(route.family, route.gateway)}"
+    if ifname:
+        text += f" dev {ifname}"
+    text += f" table {route.table}"
+    if route.priority != DEFAULT_PRIORITY[route.family]:
+        text += f" metric {route.priority}"
+    return text
+
+
+def describe_rule(rule: Rule) -> str:
+    family = "-4" if rule.family == AF_INET else "-6"
+    text = f"{family} pref {rule.priority} iif lo"
+    if rule.dst is not None:
+        text += f" to {format_prefix(rule.family, rule.dst, rule.prefixlen)}"
+    text += f" lookup {rule.table}"
+    if rule.suppress_prefixlength is not None:
+        text += f" suppress_prefixlength {rule.suppress_prefixlength}"
+    return text
