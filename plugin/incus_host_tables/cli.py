@@ -69,6 +69,44 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="NIC device keys as Incus stores them",
         )
+
+    def instance_parser(name: str, text: str, *, target: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        if target == "one":
+            p.add_argument("instance")
+        elif target == "optional":
+            p.add_argument("instance", nargs="?")
+        p.add_argument("--project", default="default")
+        if target != "one":
+            p.add_argument("--all-projects", action="store_true")
+        p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        return p
+
+    instance_parser("validate", "list every problem of an instance's routed NICs", target="one")
+    instance_parser("plan", "print what apply would change; change nothing", target="one")
+    instance_parser("apply", "converge an instance's host routes and rules", target="one")
+    instance_parser("cleanup", "remove an instance's host routes and rules", target="one")
+    instance_parser("reconcile", "converge every local instance; resync rules", target="all")
+    st = instance_parser(
+        "status", "show host tables per instance, device, family", target="optional"
+    )
+    st.add_argument("--format", choices=("table", "json"), default="table")
+
+    for name, text in (
+        ("enable", "attach the LXC hooks to a profile (raw.lxc)"),
+        ("disable", "remove the LXC hooks from a profile"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--profile", required=True)
+        p.add_argument("--project", default="default")
+        p.add_argument("--socket")
+
+    watch = sub.add_parser("watch", help="run the event daemon (and serve the hooks)")
+    watch.add_argument("--socket")
+    watch.add_argument("--verbose", action="store_true")
+
+    hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
+    hook.add_argument("type", help="LXC hook type (start-host, post-stop)")
     return parser
 
 
@@ -121,11 +159,91 @@ def _device(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hook(args: argparse.Namespace) -> int:
+    """The full hook path, used when no daemon answers the hook client."""
+    import logging
+
+    from .engine import Engine
+    from .hookrun import run_hook
+
+    logging.basicConfig(format="incus-host-tables: %(message)s", level=logging.WARNING)
+    hook = args.type or os.environ.get("LXC_HOOK_TYPE", "")
+    engine = Engine(rule_priority=args.rule_priority)
+    try:
+        out = run_hook(
+            engine, hook, os.environ.get("LXC_NAME", ""), os.environ.get("LXC_CONFIG_FILE", "")
+        )
+    finally:
+        engine.close()
+    if not out.ok:
+        print(f"incus-host-tables: {out.error}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, setup_logging
+
+    setup_logging(args.verbose)
+    return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+
+
+def _instances(args: argparse.Namespace) -> int:
+    from . import commands, rawlxc
+    from .engine import Engine
+    from .incus import IncusClient, IncusError
+
+    try:
+        client = IncusClient(args.socket)
+    except IncusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    try:
+        if args.command in ("enable", "disable"):
+            raw = client.profile_config(args.profile, args.project).get("raw.lxc", "")
+            new = (
+                rawlxc.add_hooks(raw, rawlxc.hook_command())
+                if args.command == "enable"
+                else rawlxc.remove_hooks(raw)
+            )
+            if new != raw:
+                client.set_profile_config(args.profile, "raw.lxc", new, args.project)
+            state = "attached to" if args.command == "enable" else "removed from"
+            print(f"hooks {state} profile {args.profile}" + ("" if new != raw else " (unchanged)"))
+            return EXIT_OK
+        snapshots = commands.select(
+            client,
+            getattr(args, "instance", None),
+            args.project,
+            getattr(args, "all_projects", False),
+        )
+        if args.command == "validate":
+            return commands.validate(snapshots)
+        engine = Engine(rule_priority=args.rule_priority)
+        try:
+            if args.command == "status":
+                commands.print_status(commands.status(engine, snapshots), args.format)
+                return EXIT_OK
+            return commands.act(engine, snapshots, args.command)
+        finally:
+            engine.close()
+    except IncusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    finally:
+        client.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "device":
         return _device(args)
+    if args.command == "hook":
+        return _hook(args)
+    if args.command == "watch":
+        return _watch(args)
+    return _instances(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
+
+from .model import LOCAL_TABLE, MAIN_TABLE
 
 Family = Literal["ipv4", "ipv6"]
+T = TypeVar("T")
 FAMILIES: tuple[Family, Family] = ("ipv4", "ipv6")
 
-MAIN_TABLE = 254
-LOCAL_TABLE = 255
 MAX_TABLE = 255  # upstream Incus validates host_tables in 0-255
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -101,9 +102,9 @@ def parse_table_list(key: str, raw: str) -> tuple[int, ...]:
     return tuple(tables)
 
 
-def _resolve(device: Mapping[str, str], family: Family, strict: bool) -> tuple[
-    tuple[int, ...], list[str]
-]:
+def _resolve(
+    device: Mapping[str, str], family: Family, strict: bool
+) -> tuple[tuple[int, ...], list[str]]:
     """Tables for ``family`` and warnings. ``strict`` turns the
     new-and-deprecated-key combination into an error (validation) instead of
     a warning (run time)."""
@@ -227,7 +228,7 @@ def _collect(device: Mapping[str, str], strict: bool) -> tuple[DeviceIntent | No
     problems: list[str] = []
     warnings: list[str] = []
 
-    def attempt(fn, *args):  # type: ignore[no-untyped-def]
+    def attempt(fn: Callable[..., T], *args: object) -> T | None:
         try:
             return fn(*args)
         except ConfigError as err:

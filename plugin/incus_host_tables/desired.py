@@ -15,12 +15,12 @@ from .model import (
     Rule,
 )
 
-FAMILY_OF = {"ipv4": AF_INET, "ipv6": AF_INET6}
+FAMILY_OF: dict[str, int] = {"ipv4": AF_INET, "ipv6": AF_INET6}
 
 # The rule that lets the reverse-path filter's lookup (input interface lo)
 # see an isolated table honours only host routes of it: every shorter match
 # is suppressed and the lookup goes on to the next rule.
-SUPPRESS_SHORTER_THAN_HOST = {AF_INET: 31, AF_INET6: 127}
+SUPPRESS_SHORTER_THAN_HOST: dict[int, int] = {AF_INET: 31, AF_INET6: 127}
 
 DEFAULT_RULE_PRIORITY = 1100
 

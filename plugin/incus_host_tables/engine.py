@@ -20,7 +20,16 @@ from .desired import (
 )
 from .diff import Plan, diff_routes, diff_rules, rule_sort_key
 from .locking import host_lock
-from .model import AF_INET, AF_INET6, KernelRoute, KernelRule, Route, Rule, describe_route, describe_rule
+from .model import (
+    AF_INET,
+    AF_INET6,
+    KernelRoute,
+    KernelRule,
+    Route,
+    Rule,
+    describe_route,
+    describe_rule,
+)
 from .netlink.kernel import Change, Netlink
 
 # The routing protocol number that marks the plugin's routes and rules
@@ -160,7 +169,9 @@ class Engine:
 
     def plan_rules_resync(self) -> DevicePlan:
         """Full resync of the plugin's rules from the plugin's routes."""
-        routes = [kr.route for fam in FAMILIES for kr in self.nl.routes(fam, protocol=self.protocol)]
+        routes = [
+            kr.route for fam in FAMILIES for kr in self.nl.routes(fam, protocol=self.protocol)
+        ]
         desired = rules_for_routes(routes, self.rule_priority)
         add, delete = diff_rules(desired, self.plugin_rules(), may_delete=lambda r: True)
         return DevicePlan(None, None, Plan(rule_add=add, rule_delete=delete))
@@ -204,8 +215,6 @@ class Engine:
             if not dry_run:
                 self.apply(dp)
         return dp
-
-
 
 
 def tables_of(routes: Iterable[KernelRoute]) -> dict[int, set[int]]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple
 
-AF_INET = socket.AF_INET
-AF_INET6 = socket.AF_INET6
+AF_INET: int = int(socket.AF_INET)
+AF_INET6: int = int(socket.AF_INET6)
 
 MAIN_TABLE = 254
 LOCAL_TABLE = 255
 
 # Default metrics the kernel gives a route without one; Incus uses them too.
-DEFAULT_PRIORITY = {AF_INET: 0, AF_INET6: 1024}
-HOST_PREFIXLEN = {AF_INET: 32, AF_INET6: 128}
+DEFAULT_PRIORITY: dict[int, int] = {AF_INET: 0, AF_INET6: 1024}
+HOST_PREFIXLEN: dict[int, int] = {AF_INET: 32, AF_INET6: 128}
 
 
 class Route(NamedTuple):

@@ -253,9 +253,7 @@ class Netlink:
         self._collect(first, failures, until=end_seq)
         return failures, sent
 
-    def _collect(
-        self, first: int, failures: dict[int, tuple[int, str]], until: int | None
-    ) -> None:
+    def _collect(self, first: int, failures: dict[int, tuple[int, str]], until: int | None) -> None:
         while True:
             try:
                 buf = self._sock.recv(RECV_BYTES, 0 if until is not None else socket.MSG_DONTWAIT)

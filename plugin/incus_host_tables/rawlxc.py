@@ -1,0 +1,37 @@
+"""Adding and removing the plugin's hook lines in a profile's raw.lxc. Pure."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+HOOK_KEYS = ("lxc.hook.start-host", "lxc.hook.post-stop")
+
+
+def hook_command(python: str | None = None) -> str:
+    """The command LXC runs: this installation's interpreter on the stdlib-only
+    hook client, so LXC's plain PATH and no virtualenv activation suffice."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hookclient.py")
+    return f"{shlex.quote(python or sys.executable)} -I -S {shlex.quote(script)}"
+
+
+def _is_ours(line: str) -> bool:
+    key, sep, value = line.partition("=")
+    return bool(sep) and key.strip() in HOOK_KEYS and "incus_host_tables" in value
+
+
+def remove_hooks(raw: str) -> str:
+    lines = [line for line in raw.splitlines() if not _is_ours(line)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def add_hooks(raw: str, command: str) -> str:
+    """``raw`` with exactly one copy of the plugin's hook lines; every other
+    line kept as it was."""
+    kept = remove_hooks(raw)
+    return kept + "".join(f"{key} = {command}\n" for key in HOOK_KEYS)
+
+
+def has_hooks(raw: str) -> bool:
+    return any(_is_ours(line) for line in raw.splitlines())
