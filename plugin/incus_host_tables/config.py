@@ -166,6 +166,7 @@ def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddre
         return ()
     version = 4 if family == "ipv4" else 6
     result: list[IPAddress] = []
+    seen: set[IPAddress] = set()
     for item in raw.split(","):
         item = item.strip(" \t")
         if item == "":
@@ -178,8 +179,9 @@ def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddre
             raise ConfigError(f"{key}={raw!r}: {item!r} is not an {family.upper()} address")
         if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
             raise ConfigError(f"{key}={raw!r}: {item!r} is not a unicast host address")
-        if addr in result:
+        if addr in seen:
             raise ConfigError(f"{key}={raw!r}: {item!r} is listed twice")
+        seen.add(addr)
         result.append(addr)
     return tuple(result)
 
