@@ -45,9 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rule-priority",
         type=_rule_priority,
-        default=_rule_priority(
-            os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY))
-        ),
+        # A string default goes through type= too: a bad value is a usage error.
+        default=os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY)),
         help="preference of the plugin's policy rules "
         f"(default {DEFAULT_RULE_PRIORITY}, or $INCUS_HOST_TABLES_RULE_PRIORITY)",
     )

@@ -25,8 +25,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DECIMAL = re.compile(r"[0-9]+", re.ASCII)
-# Linux interface names: 1-15 bytes, no '/', no whitespace, not "." or "..".
-_IFNAME = re.compile(r"[^/\s]{1,15}", re.ASCII)
+# Linux interface names: 1-15 bytes, no '/', ':' or whitespace, not "." or "..".
+_IFNAME = re.compile(r"[^/:\s]{1,15}")
 
 
 class ConfigError(ValueError):
@@ -65,17 +65,16 @@ def _keys(family: Family) -> tuple[str, str, str]:
 def _value(device: Mapping[str, str], key: str) -> str | None:
     # Incus removes a key set to "", so an empty value means "unset".
     value = device.get(key)
-    if value is None or value.strip() == "":
-        return None
-    return value
+    return None if value is None or value == "" else value
 
 
 def _parse_table(key: str, raw: str, item: str) -> int:
     if not _DECIMAL.fullmatch(item):
         raise ConfigError(f"{key}={raw!r}: {item!r} is not a decimal table ID")
-    if len(item) > 1 and item[0] == "0":
-        raise ConfigError(f"{key}={raw!r}: {item!r} has a leading zero; write {int(item)}")
-    table = int(item)
+    # Range first (without int() on a huge string), so that a leading-zero
+    # hint never suggests an invalid table.
+    digits = item.lstrip("0") or "0"
+    table = int(digits) if len(digits) <= 3 else MAX_TABLE + 1
     if table == 0:
         raise ConfigError(
             f"{key}={raw!r}: table 0 is not allowed: the kernel files table-0 routes "
@@ -84,7 +83,9 @@ def _parse_table(key: str, raw: str, item: str) -> int:
     if table == LOCAL_TABLE:
         raise ConfigError(f"{key}={raw!r}: table 255 is the kernel's local table")
     if table > MAX_TABLE:
-        raise ConfigError(f"{key}={raw!r}: table {table} is out of range 1-254")
+        raise ConfigError(f"{key}={raw!r}: table {digits} is out of range 1-254")
+    if item != digits:
+        raise ConfigError(f"{key}={raw!r}: {item!r} has a leading zero; write {table}")
     return table
 
 
@@ -113,12 +114,31 @@ def _resolve(
     user_raw = _value(device, user_key)
     legacy_raw = _value(device, legacy_key)
 
-    native = parse_table_list(native_key, native_raw) if native_raw is not None else None
-    user = parse_table_list(user_key, user_raw) if user_raw is not None else None
-    legacy = None
-    if legacy_raw is not None:
-        item = legacy_raw.strip(" \t")
-        legacy = (_parse_table(legacy_key, legacy_raw, item),)
+    # Parse every key before judging, so that all their problems are listed.
+    problems: list[str] = []
+
+    def parse(key: str, raw: str | None, single: bool) -> tuple[int, ...] | None:
+        if raw is None:
+            return None
+        try:
+            if single:
+                return (_parse_table(key, raw, raw.strip(" \t")),)
+            return parse_table_list(key, raw)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            return None
+
+    native = parse(native_key, native_raw, single=False)
+    user = parse(user_key, user_raw, single=False)
+    before_legacy = len(problems)
+    legacy = parse(legacy_key, legacy_raw, single=True)
+    warnings: list[str] = []
+    if not strict and (native_raw is not None or user_raw is not None):
+        # The new key wins at run time: a broken deprecated key only warns.
+        warnings = [f"{p} (ignored: the new key wins)" for p in problems[before_legacy:]]
+        del problems[before_legacy:]
+    if problems:
+        raise ConfigError(problems)
 
     if native is not None and user is not None and native != user:
         raise ConfigError(
@@ -126,9 +146,8 @@ def _resolve(
             "set one of them, or both to the same list"
         )
     chosen = native if native is not None else user
-    warnings: list[str] = []
     if chosen is not None:
-        if legacy is not None:
+        if legacy_raw is not None:
             new_key = native_key if native is not None else user_key
             message = (
                 f"{legacy_key}={legacy_raw!r} is deprecated and ignored because "
@@ -159,6 +178,20 @@ def resolve_tables(device: Mapping[str, str], family: Family) -> tuple[int, ...]
     return _resolve(device, family, strict=False)[0]
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def _is_host_address(addr: IPAddress) -> bool:
+    """Unicast, routable to an instance: not unspecified, multicast, loopback,
+    link-local (the routed NIC's own gateway addresses live there), broadcast,
+    "this network", or scoped."""
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local:
+        return False
+    if isinstance(addr, ipaddress.IPv4Address):
+        return addr not in _THIS_NETWORK and addr != ipaddress.IPv4Address("255.255.255.255")
+    return addr.scope_id is None and addr.ipv4_mapped is None
+
+
 def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddress, ...]:
     key = f"{family}.address"
     raw = _value(device, key)
@@ -177,7 +210,7 @@ def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddre
             raise ConfigError(f"{key}={raw!r}: {item!r} is not an IP address") from None
         if addr.version != version:
             raise ConfigError(f"{key}={raw!r}: {item!r} is not an {family.upper()} address")
-        if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        if not _is_host_address(addr):
             raise ConfigError(f"{key}={raw!r}: {item!r} is not a unicast host address")
         if addr in seen:
             raise ConfigError(f"{key}={raw!r}: {item!r} is listed twice")
@@ -201,9 +234,14 @@ def _parse_routes(
         item = item.strip(" \t")
         if item == "":
             raise ConfigError(f"{key}={raw!r}: empty item in the list")
+        address, slash, length = item.partition("/")
+        if not slash or not _DECIMAL.fullmatch(length):
+            raise ConfigError(f"{key}={raw!r}: {item!r} is not a prefix like ADDRESS/LENGTH")
         try:
             iface = ipaddress.ip_interface(item)
         except ValueError:
+            raise ConfigError(f"{key}={raw!r}: {item!r} is not a prefix") from None
+        if "%" in address:
             raise ConfigError(f"{key}={raw!r}: {item!r} is not a prefix") from None
         net = iface.network
         if net.version != version:
@@ -220,7 +258,7 @@ def _parse_vrf(device: Mapping[str, str]) -> str | None:
     raw = _value(device, "vrf")
     if raw is None:
         return None
-    if not _IFNAME.fullmatch(raw) or raw in (".", ".."):
+    if not _IFNAME.fullmatch(raw) or raw in (".", "..") or len(raw.encode()) > 15:
         raise ConfigError(f"vrf={raw!r}: not a valid interface name")
     return raw
 
@@ -243,17 +281,17 @@ def _collect(device: Mapping[str, str], strict: bool) -> tuple[DeviceIntent | No
         resolved = attempt(_resolve, device, family, strict)
         addresses = attempt(_parse_addresses, device, family)
         routes = attempt(_parse_routes, device, family, bool(addresses) or addresses is None)
-        if resolved is None or addresses is None or routes is None:
-            continue
-        tables, family_warnings = resolved
-        warnings.extend(family_warnings)
-        if vrf is not None and any(_value(device, key) is not None for key in _keys(family)):
-            set_keys = [key for key in _keys(family) if _value(device, key) is not None]
+        set_keys = [key for key in _keys(family) if _value(device, key) is not None]
+        if vrf is not None and set_keys:
             problems.append(
                 f"vrf={vrf!r} and {set_keys[0]}={device[set_keys[0]]!r} are mutually "
                 "exclusive: with a VRF the routes belong in the VRF's table"
             )
             continue
+        if resolved is None or addresses is None or routes is None:
+            continue
+        tables, family_warnings = resolved
+        warnings.extend(family_warnings)
         intents[family] = FamilyIntent(family, tables, addresses, routes)
     if problems:
         return None, problems
