@@ -4,6 +4,7 @@ paths and must not pay for pylxd."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -144,7 +145,10 @@ def _device(args: argparse.Namespace) -> int:
         return EXIT_ENVIRONMENT
     except ApplyError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_APPLY_FAILED if err.rolled_back else EXIT_UNDO_FAILED
+        if not err.rolled_back:
+            return EXIT_UNDO_FAILED
+        # Refused for lack of privilege: the environment, not the change.
+        return EXIT_ENVIRONMENT if err.errno in (errno.EPERM, errno.EACCES) else EXIT_APPLY_FAILED
     except PermissionError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT

@@ -160,13 +160,31 @@ def read_lxc_conf(path: str) -> tuple[LxcNic, ...]:
 _Line = tuple[int, str, int]  # indent, content, line number
 
 
+_YAML_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "f": "\f",
+    "v": "\v",
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    " ": " ",
+    "N": "\x85",
+    "_": "\xa0",
+    "L": "\u2028",
+    "P": "\u2029",
+}
+_YAML_HEX_WIDTHS = {"x": 2, "u": 4, "U": 8}
+
+
 def _unquote_double(s: str, lineno: int) -> str:
     out: list[str] = []
     i = 0
-    simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "a": "\a", "b": "\b",
-              "e": "\x1b", "f": "\f", "v": "\v", '"': '"', "\\": "\\", "/": "/",
-              " ": " ", "N": "\x85", "_": "\xa0", "L": "\u2028", "P": "\u2029"}
-    widths = {"x": 2, "u": 4, "U": 8}
     while i < len(s):
         c = s[i]
         if c != "\\":
@@ -176,16 +194,16 @@ def _unquote_double(s: str, lineno: int) -> str:
         if i + 1 >= len(s):
             raise LxcConfError(f"line {lineno}: dangling backslash")
         e = s[i + 1]
-        if e in simple:
-            out.append(simple[e])
+        if e in _YAML_ESCAPES:
+            out.append(_YAML_ESCAPES[e])
             i += 2
-        elif e in widths:
-            digits = s[i + 2 : i + 2 + widths[e]]
+        elif e in _YAML_HEX_WIDTHS:
+            digits = s[i + 2 : i + 2 + _YAML_HEX_WIDTHS[e]]
             try:
                 out.append(chr(int(digits, 16)))
             except ValueError:
                 raise LxcConfError(f"line {lineno}: bad escape \\{e}{digits}") from None
-            i += 2 + widths[e]
+            i += 2 + _YAML_HEX_WIDTHS[e]
         else:
             raise LxcConfError(f"line {lineno}: unknown escape \\{e}")
     return "".join(out)
@@ -227,12 +245,13 @@ class _YamlReader:
         self.raw = text.splitlines()
         self.lines: list[_Line] = []
         for n, line in enumerate(self.raw, 1):
-            if "\t" in line[: len(line) - len(line.lstrip())]:
-                raise LxcConfError(f"line {n}: tab in indentation")
             stripped = line.strip()
             if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
                 continue
-            self.lines.append((len(line) - len(line.lstrip(" ")), stripped, n))
+            # Tabs may appear inside block scalars (read from self.raw); as
+            # structural indentation they are invalid: -1 makes any use fail.
+            lead = line[: len(line) - len(line.lstrip())]
+            self.lines.append((-1 if "\t" in lead else len(lead), stripped, n))
         self.pos = 0
 
     def peek(self) -> _Line | None:
@@ -258,7 +277,7 @@ class _YamlReader:
     def parse_seq(self, indent: int) -> list[Any]:
         items: list[Any] = []
         while (line := self.peek()) is not None and line[0] == indent:
-            ind, content, n = line
+            _, content, n = line
             if not (content == "-" or content.startswith("- ")):
                 break
             rest = content[1:].lstrip()
@@ -330,6 +349,9 @@ class _YamlReader:
             return _decode_quoted(_fold_quoted(body), quote, lineno)
         parts = [rest]
         while (nxt := self.peek()) is not None and nxt[0] > indent:
+            if _split_key(nxt[1], nxt[2]) is not None:
+                # A nested "key: value" under a scalar: wrong indentation.
+                raise LxcConfError(f"line {nxt[2]}: mapping not allowed here")
             parts.append(nxt[1])
             self.pos += 1
         return _fold(parts)
