@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-from . import IncusLab
+from . import Client, IncusLab
 from .plugin import PluginDaemon, run_cli
 
 ADDR4, ADDR6 = "198.51.100.10", "2001:db8::10"
@@ -33,32 +33,43 @@ def _show(lab: IncusLab) -> None:
                 print("  rule: ", line.strip())
 
 
-def _pings(lab: IncusLab, clients: dict[str, object]) -> None:
+def _pings(lab: IncusLab, clients: dict[str, Client]) -> None:
     for label, client in clients.items():
-        v4 = client.ping_within(ADDR4, 3)  # type: ignore[attr-defined]
-        v6 = client.ping_within(ADDR6, 3)  # type: ignore[attr-defined]
-        print(f"  client {label:<22} ping {ADDR4}: {'yes' if v4 else 'no'}"
-              f"   ping {ADDR6}: {'yes' if v6 else 'no'}")
+        v4 = client.ping_within(ADDR4, 3)
+        v6 = client.ping_within(ADDR6, 3)
+        print(
+            f"  client {label:<22} ping {ADDR4}: {'yes' if v4 else 'no'}"
+            f"   ping {ADDR6}: {'yes' if v6 else 'no'}"
+        )
 
 
 def main() -> int:
     run_dir = tempfile.mkdtemp(prefix="iht-run-")
     os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir  # incusd, and so its hooks, inherit it
     with IncusLab("ihtdemo") as lab:
-        print(f"Incus lab up in namespace {lab.netns} "
-              f"(incusd ready in {lab.timings.get('incusd_ready', 0):.1f}s)")
+        print(
+            f"Incus lab up in namespace {lab.netns} "
+            f"(incusd ready in {lab.timings.get('incusd_ready', 0):.1f}s)"
+        )
         clients = {
-            "in table 100": lab.add_client("ta", table=100, v4="203.0.113.2/28",
-                                           v6="2001:db8:a::2/64"),
-            "in table 200": lab.add_client("tb", table=200, v4="203.0.113.18/28",
-                                           v6="2001:db8:b::2/64"),
-            "in main (other tenant)": lab.add_client("m", table=None, v4="203.0.113.34/28",
-                                                     v6="2001:db8:c::2/64"),
+            "in table 100": lab.add_client(
+                "ta", table=100, v4="203.0.113.2/28", v6="2001:db8:a::2/64"
+            ),
+            "in table 200": lab.add_client(
+                "tb", table=200, v4="203.0.113.18/28", v6="2001:db8:b::2/64"
+            ),
+            "in main (other tenant)": lab.add_client(
+                "m", table=None, v4="203.0.113.34/28", v6="2001:db8:c::2/64"
+            ),
         }
         nic = {
-            "type": "nic", "nictype": "routed", "name": "eth0",
-            "ipv4.address": ADDR4, "ipv6.address": ADDR6,
-            "user.ipv4.host_tables": "100,200", "user.ipv6.host_tables": "100,200",
+            "type": "nic",
+            "nictype": "routed",
+            "name": "eth0",
+            "ipv4.address": ADDR4,
+            "ipv6.address": ADDR6,
+            "user.ipv4.host_tables": "100,200",
+            "user.ipv6.host_tables": "100,200",
         }
         lab.launch("c1", devices={"eth0": nic})
         _section("Incus 6.0 alone: c1 asks for tables 100,200 (user.ipv4.host_tables)")

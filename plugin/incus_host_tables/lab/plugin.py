@@ -38,8 +38,17 @@ class PluginDaemon:
     def start(self, timeout: float = 30.0) -> None:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.netns, PYTHON, "-m", "incus_host_tables",
-             "watch", "--verbose"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.lab.netns,
+                PYTHON,
+                "-m",
+                "incus_host_tables",
+                "watch",
+                "--verbose",
+            ],
             env=plugin_env(self.lab, self.run_dir),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
