@@ -9,25 +9,17 @@ the instance's lxc.log, the system log, and the problem store (`status`).
 from __future__ import annotations
 
 import logging
-import os
 import syslog
 import time
 
 from .engine import Engine
 from .lifecycle import Lifecycle, Nic, Outcome
-from .lxcconf import LxcConfError, parse_lxc_name, routed_nics_for_hook
+from .lxcconf import LxcConfError, lxc_log_path, parse_lxc_name, routed_nics_for_hook
 
 log = logging.getLogger("incus-host-tables")
 
 START_HOOKS = ("start-host",)
 STOP_HOOKS = ("post-stop", "stop")
-
-
-def lxc_log_path(lxc_config_file: str) -> str:
-    """``<DIR>/run/<NAME>/lxc.conf`` -> ``<DIR>/logs/<NAME>/lxc.log``."""
-    run_dir = os.path.dirname(os.path.abspath(lxc_config_file))
-    base = os.path.dirname(os.path.dirname(run_dir))
-    return os.path.join(base, "logs", os.path.basename(run_dir), "lxc.log")
 
 
 def run_hook(engine: Engine, hook: str, lxc_name: str, lxc_config_file: str) -> Outcome:
@@ -60,7 +52,11 @@ def report_refusal(out: Outcome, lxc_config_file: str) -> None:
         pass
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     try:
-        with open(lxc_log_path(lxc_config_file), "a", encoding="utf-8") as f:
+        path = lxc_log_path(lxc_config_file)
+        if path is None:
+            return
+        # Same line shape as LXC's own, so it reads naturally in the log.
+        with open(path, "a", encoding="utf-8") as f:
             f.write(f"lxc {out.name} {stamp} ERROR    incus-host-tables - {message}\n")
     except OSError as err:
-        log.warning("cannot write %s: %s", lxc_log_path(lxc_config_file), err)
+        log.warning("cannot write the instance's lxc.log: %s", err)

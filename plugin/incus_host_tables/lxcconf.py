@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import yaml
+
 __all__ = [
     "BackupInstance",
     "HookNic",
@@ -39,10 +41,10 @@ __all__ = [
     "LxcNic",
     "backup_yaml_path",
     "is_routed_nic",
+    "lxc_log_path",
     "parse_backup_yaml",
     "parse_lxc_conf",
     "parse_lxc_name",
-    "parse_simple_yaml",
     "read_backup_yaml",
     "read_lxc_conf",
     "routed_nics_for_hook",
@@ -151,289 +153,9 @@ def read_lxc_conf(path: str) -> tuple[LxcNic, ...]:
 
 
 # --------------------------------------------------------------------- backup.yaml
-#
-# Incus writes backup.yaml with Go's YAML emitter: block style, 2-space indents,
-# sequences at their key's indent, quoted or block (|-) scalars where needed.
-# This parser reads that subset into dicts, lists and strings (no type
-# conversion: Incus config values are strings anyway).
 
-_Line = tuple[int, str, int]  # indent, content, line number
-
-
-_YAML_ESCAPES = {
-    "n": "\n",
-    "t": "\t",
-    "r": "\r",
-    "0": "\0",
-    "a": "\a",
-    "b": "\b",
-    "e": "\x1b",
-    "f": "\f",
-    "v": "\v",
-    '"': '"',
-    "\\": "\\",
-    "/": "/",
-    " ": " ",
-    "N": "\x85",
-    "_": "\xa0",
-    "L": "\u2028",
-    "P": "\u2029",
-}
-_YAML_HEX_WIDTHS = {"x": 2, "u": 4, "U": 8}
-
-
-def _unquote_double(s: str, lineno: int) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        if i + 1 >= len(s):
-            raise LxcConfError(f"line {lineno}: dangling backslash")
-        e = s[i + 1]
-        if e in _YAML_ESCAPES:
-            out.append(_YAML_ESCAPES[e])
-            i += 2
-        elif e in _YAML_HEX_WIDTHS:
-            digits = s[i + 2 : i + 2 + _YAML_HEX_WIDTHS[e]]
-            try:
-                out.append(chr(int(digits, 16)))
-            except ValueError:
-                raise LxcConfError(f"line {lineno}: bad escape \\{e}{digits}") from None
-            i += 2 + _YAML_HEX_WIDTHS[e]
-        else:
-            raise LxcConfError(f"line {lineno}: unknown escape \\{e}")
-    return "".join(out)
-
-
-def _scan_quoted(text: str, quote: str, lineno: int) -> tuple[str, str]:
-    """Split ``text`` (starting after the opening quote) into the raw quoted body
-    and what follows the closing quote."""
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote == "'" and c == "'":
-            if text[i + 1 : i + 2] == "'":
-                i += 2
-                continue
-            return text[:i], text[i + 1 :]
-        if quote == '"' and c == "\\":
-            i += 2
-            continue
-        if quote == '"' and c == '"':
-            return text[:i], text[i + 1 :]
-        i += 1
-    raise LxcConfError(f"line {lineno}: unterminated {quote} string")
-
-
-def _decode_quoted(body: str, quote: str, lineno: int) -> str:
-    if quote == "'":
-        return body.replace("''", "'")
-    return _unquote_double(body, lineno)
-
-
-def _fold(parts: list[str]) -> str:
-    # Flow scalars continued over several lines: line breaks become spaces.
-    return " ".join(p.strip() for p in parts if p.strip())
-
-
-class _YamlReader:
-    def __init__(self, text: str) -> None:
-        self.raw = text.splitlines()
-        self.lines: list[_Line] = []
-        for n, line in enumerate(self.raw, 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
-                continue
-            # Tabs may appear inside block scalars (read from self.raw); as
-            # structural indentation they are invalid: -1 makes any use fail.
-            lead = line[: len(line) - len(line.lstrip())]
-            self.lines.append((-1 if "\t" in lead else len(lead), stripped, n))
-        self.pos = 0
-
-    def peek(self) -> _Line | None:
-        return self.lines[self.pos] if self.pos < len(self.lines) else None
-
-    def parse_document(self) -> Any:
-        first = self.peek()
-        if first is None:
-            return None
-        value = self.parse_node(first[0])
-        rest = self.peek()
-        if rest is not None:
-            raise LxcConfError(f"line {rest[2]}: unexpected content")
-        return value
-
-    def parse_node(self, indent: int) -> Any:
-        line = self.peek()
-        assert line is not None
-        if line[1] == "-" or line[1].startswith("- "):
-            return self.parse_seq(indent)
-        return self.parse_map(indent)
-
-    def parse_seq(self, indent: int) -> list[Any]:
-        items: list[Any] = []
-        while (line := self.peek()) is not None and line[0] == indent:
-            _, content, n = line
-            if not (content == "-" or content.startswith("- ")):
-                break
-            rest = content[1:].lstrip()
-            if not rest:
-                self.pos += 1
-                nxt = self.peek()
-                items.append(self.parse_node(nxt[0]) if nxt and nxt[0] > indent else None)
-                continue
-            # "- key: value" opens a mapping whose keys sit where "key" starts.
-            inner = indent + (len(content) - len(rest))
-            if _split_key(rest, n) is not None:
-                self.lines[self.pos] = (inner, rest, n)
-                items.append(self.parse_map(inner))
-            else:
-                self.lines[self.pos] = (inner, rest, n)
-                items.append(self.parse_scalar(rest, indent, n))
-        return items
-
-    def parse_map(self, indent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        while (line := self.peek()) is not None and line[0] == indent:
-            _, content, n = line
-            if content == "-" or content.startswith("- "):
-                break
-            kv = _split_key(content, n)
-            if kv is None:
-                raise LxcConfError(f"line {n}: expected 'key: value', got {content!r}")
-            key, rest = kv
-            if not rest:
-                self.pos += 1
-                nxt = self.peek()
-                if nxt is not None and (
-                    nxt[0] > indent
-                    or (nxt[0] == indent and (nxt[1] == "-" or nxt[1].startswith("- ")))
-                ):
-                    out[key] = self.parse_node(nxt[0])
-                else:
-                    out[key] = None
-            else:
-                out[key] = self.parse_scalar(rest, indent, n)
-        line = self.peek()
-        if line is not None and line[0] > indent:
-            raise LxcConfError(f"line {line[2]}: bad indentation")
-        return out
-
-    def parse_scalar(self, rest: str, indent: int, lineno: int) -> Any:
-        """The value on the current line (consumed), with any continuation lines."""
-        self.pos += 1
-        if rest in ("{}", "[]"):
-            return {} if rest == "{}" else []
-        if rest[0] in "|>":
-            return self.parse_block_scalar(rest, indent, lineno)
-        if rest[0] in "'\"":
-            quote = rest[0]
-            text = rest[1:]
-            while True:
-                try:
-                    body, after = _scan_quoted(text, quote, lineno)
-                    break
-                except LxcConfError:
-                    nxt = self.peek()
-                    if nxt is None or nxt[0] <= indent:
-                        raise
-                    text = text + "\n" + nxt[1]
-                    self.pos += 1
-            if after.strip() and not after.strip().startswith("#"):
-                raise LxcConfError(f"line {lineno}: text after closing quote")
-            # Line breaks inside a flow scalar fold into spaces.
-            return _decode_quoted(_fold_quoted(body), quote, lineno)
-        parts = [rest]
-        while (nxt := self.peek()) is not None and nxt[0] > indent:
-            if _split_key(nxt[1], nxt[2]) is not None:
-                # A nested "key: value" under a scalar: wrong indentation.
-                raise LxcConfError(f"line {nxt[2]}: mapping not allowed here")
-            parts.append(nxt[1])
-            self.pos += 1
-        return _fold(parts)
-
-    def parse_block_scalar(self, header: str, indent: int, lineno: int) -> str:
-        style, chomp = header[0], ""
-        for ch in header[1:].strip():
-            if ch in "+-":
-                chomp = ch
-            elif ch.isdigit():
-                continue
-            else:
-                raise LxcConfError(f"line {lineno}: unsupported block header {header!r}")
-        # Block scalars may hold blank lines, so read the raw text, not self.lines.
-        first_raw = lineno  # 1-based number of the header line = index of next raw line
-        body: list[str] = []
-        content_indent: int | None = None
-        i = first_raw
-        while i < len(self.raw):
-            line = self.raw[i]
-            if not line.strip():
-                body.append("")
-                i += 1
-                continue
-            ind = len(line) - len(line.lstrip(" "))
-            if ind <= indent:
-                break
-            if content_indent is None:
-                content_indent = ind
-            if ind < content_indent:
-                break
-            body.append(line[content_indent:])
-            i += 1
-        # Skip the structural lines the block consumed.
-        while (nxt := self.peek()) is not None and nxt[2] <= i:
-            self.pos += 1
-        while body and body[-1] == "":
-            body.pop()
-        text = "\n".join(body) if style == "|" else _fold_block(body)
-        if chomp == "-" or not body:
-            return text
-        return text + "\n"
-
-
-def _fold_quoted(body: str) -> str:
-    if "\n" not in body:
-        return body
-    return " ".join(part.strip() for part in body.split("\n"))
-
-
-def _fold_block(lines: list[str]) -> str:
-    out: list[str] = []
-    for line in lines:
-        if out and line and out[-1] and not out[-1].endswith("\n"):
-            out[-1] += " " + line
-        else:
-            out.append(line)
-    return "\n".join(out)
-
-
-def _split_key(content: str, lineno: int) -> tuple[str, str] | None:
-    """``'key: rest'`` -> ``(key, rest)``; None when the line is no mapping entry."""
-    if content[0] in "'\"":
-        quote = content[0]
-        try:
-            body, after = _scan_quoted(content[1:], quote, lineno)
-        except LxcConfError:
-            return None
-        if after == ":" or after.startswith(": "):
-            return _decode_quoted(body, quote, lineno), after[1:].strip()
-        return None
-    if content.endswith(":"):
-        return content[:-1], ""
-    key, sep, rest = content.partition(": ")
-    if not sep:
-        return None
-    return key, rest.strip()
-
-
-def parse_simple_yaml(text: str) -> Any:
-    """Parse the block-style YAML subset that Go's emitter writes (backup.yaml)."""
-    return _YamlReader(text).parse_document()
+# BaseLoader keeps every scalar a string, as Incus means its config values.
+_YAML_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 
 @dataclass(frozen=True)
@@ -455,7 +177,10 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
 
 
 def parse_backup_yaml(text: str) -> BackupInstance:
-    doc = parse_simple_yaml(text)
+    try:
+        doc = yaml.load(text, Loader=_YAML_LOADER)  # BaseLoader: plain data only
+    except yaml.YAMLError as e:
+        raise LxcConfError(f"backup.yaml: {e}") from None
     inst = doc.get("container") if isinstance(doc, dict) else None
     if not isinstance(inst, dict):
         raise LxcConfError("backup.yaml: no 'container' section")
@@ -479,12 +204,38 @@ def read_backup_yaml(path: str) -> BackupInstance:
         return parse_backup_yaml(f.read())
 
 
+# Incus and LXD put their own hooks in lxc.conf with the daemon's var dir:
+#   lxc.hook.pre-start = /proc/123/exe callhook /var/lib/incus "p1" "c1" start
+_CALLHOOK = re.compile(r"^lxc\.hook\.[a-z-]+\s*=.*\scallhook\s+(\S+)\s")
+_LOG_FILE = re.compile(r"^lxc\.log\.file\s*=\s*(\S.*?)\s*$")
+
+
+def _lxc_conf_value(lxc_config_file: str, pattern: re.Pattern[str]) -> str | None:
+    with open(lxc_config_file, encoding="utf-8") as f:
+        for line in f:
+            m = pattern.match(line)
+            if m:
+                return m.group(1)
+    return None
+
+
 def backup_yaml_path(lxc_config_file: str) -> str:
-    """``<DIR>/run/<LXC_NAME>/lxc.conf`` -> ``<DIR>/containers/<LXC_NAME>/backup.yaml``."""
+    """``<VAR_DIR>/containers/<LXC_NAME>/backup.yaml`` of the container whose
+    LXC config this is. The var dir comes from Incus's own callhook lines
+    (``/var/lib/incus``, a private ``INCUS_DIR``, LXD's dirs); without them,
+    from the config's location (``<INCUS_DIR>/run/<LXC_NAME>/lxc.conf``)."""
     run_dir = os.path.dirname(os.path.abspath(lxc_config_file))
     lxc_name = os.path.basename(run_dir)
-    base = os.path.dirname(os.path.dirname(run_dir))
+    var_dir = (
+        _lxc_conf_value(lxc_config_file, _CALLHOOK) if os.path.exists(lxc_config_file) else None
+    )
+    base = var_dir or os.path.dirname(os.path.dirname(run_dir))
     return os.path.join(base, "containers", lxc_name, "backup.yaml")
+
+
+def lxc_log_path(lxc_config_file: str) -> str | None:
+    """The container's lxc.log (what `incus info --show-log` prints)."""
+    return _lxc_conf_value(lxc_config_file, _LOG_FILE)
 
 
 # ---------------------------------------------------------------- both together
