@@ -195,6 +195,7 @@ def _instances(args: argparse.Namespace) -> int:
     from . import commands, rawlxc
     from .engine import Engine
     from .incus import IncusClient, IncusError
+    from .locking import run_dir
 
     try:
         client = IncusClient(args.socket)
@@ -205,7 +206,7 @@ def _instances(args: argparse.Namespace) -> int:
         if args.command in ("enable", "disable"):
             raw = client.profile_config(args.profile, args.project).get("raw.lxc", "")
             new = (
-                rawlxc.add_hooks(raw, rawlxc.hook_command())
+                rawlxc.add_hooks(raw, rawlxc.hook_command(run_dir=run_dir()))
                 if args.command == "enable"
                 else rawlxc.remove_hooks(raw)
             )

@@ -17,6 +17,7 @@ import os
 import signal
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -228,11 +229,14 @@ class Daemon:
         hook = str(request.get("hook") or "")
         lxc_name = str(request.get("lxc_name") or "")
         config_file = str(request.get("config_file") or "")
+        started = time.perf_counter()
         try:
             out = run_hook(self.engine(), hook, lxc_name, config_file)
         except Exception as err:
             log.exception("hook %s for %s failed", hook, lxc_name)
             return {"ok": False, "error": f"internal error: {err}"}
+        log.info("hook %s %s: %s in %.1f ms", hook, lxc_name, "ok" if out.ok else "refused",
+                 (time.perf_counter() - started) * 1000)
         return {"ok": out.ok, "error": out.error}
 
     def serve_hooks(self) -> socketserver.BaseServer:

@@ -11,12 +11,19 @@ import os
 import socket
 import sys
 
-RUN_DIR = os.environ.get("INCUS_HOST_TABLES_RUN_DIR", "/run/incus-host-tables")
 TIMEOUT = 60.0
 
 
 def main() -> int:
-    hook = os.environ.get("LXC_HOOK_TYPE") or (sys.argv[3] if len(sys.argv) > 3 else "")
+    # LXC runs hooks with its own environment, so a run dir other than the
+    # default comes as `--run-dir DIR`, written into raw.lxc by `enable`.
+    args = sys.argv[1:]
+    run_dir = os.environ.get("INCUS_HOST_TABLES_RUN_DIR", "/run/incus-host-tables")
+    if args[:1] == ["--run-dir"] and len(args) > 1:
+        run_dir, args = args[1], args[2:]
+        os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir
+    # LXC appends: container name, section ("lxc"), hook type.
+    hook = os.environ.get("LXC_HOOK_TYPE") or (args[2] if len(args) > 2 else "")
     request = {
         "hook": hook,
         "lxc_name": os.environ.get("LXC_NAME", ""),
@@ -25,7 +32,7 @@ def main() -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     try:
-        sock.connect(os.path.join(RUN_DIR, "hook.sock"))
+        sock.connect(os.path.join(run_dir, "hook.sock"))
     except OSError:
         sock.close()
         # No daemon: the full path, in a fresh interpreter with site-packages.

@@ -6,14 +6,21 @@ import os
 import shlex
 import sys
 
+from .locking import DEFAULT_RUN_DIR
+
 HOOK_KEYS = ("lxc.hook.start-host", "lxc.hook.post-stop")
 
 
-def hook_command(python: str | None = None) -> str:
+def hook_command(python: str | None = None, run_dir: str | None = None) -> str:
     """The command LXC runs: this installation's interpreter on the stdlib-only
-    hook client, so LXC's plain PATH and no virtualenv activation suffice."""
+    hook client, so LXC's plain PATH and no virtualenv activation suffice.
+    LXC does not pass its daemon's environment on, so a non-default run
+    directory is written into the command."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hookclient.py")
-    return f"{shlex.quote(python or sys.executable)} -I -S {shlex.quote(script)}"
+    command = f"{shlex.quote(python or sys.executable)} -I -S {shlex.quote(script)}"
+    if run_dir is not None and run_dir != DEFAULT_RUN_DIR:
+        command += f" --run-dir {shlex.quote(run_dir)}"
+    return command
 
 
 def _is_ours(line: str) -> bool:
