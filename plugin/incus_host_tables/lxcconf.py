@@ -1,7 +1,8 @@
 """What a container start hook can learn about its routed NICs from files alone.
 
-Stdlib only: the LXC hooks run this with the system Python and must not pull in
-pylxd (or anything else that may be missing or slow to import).
+The hook path reads these files instead of asking Incus: no pylxd import and
+no API round trip while a container is starting (the daemon runs this code
+for the stdlib-only hook client; without a daemon the hook runs it itself).
 
 Observed on Incus 6.0.4: ``LXC_CONFIG_FILE`` (``<INCUS_DIR>/run/<LXC_NAME>/lxc.conf``)
 holds, for a routed NIC, a ``phys`` entry whose ``link`` is the *container-side*
