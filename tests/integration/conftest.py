@@ -27,3 +27,134 @@ def lab() -> Iterator[IncusLab]:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with IncusLab("iht") as the_lab:
         yield the_lab
+
+
+# --------------------------------------------------------------------------
+# The plugin in the lab (tests/integration/test_plugin_*.py).
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from incus_host_tables.lab.plugin import PluginDaemon, run_cli  # noqa: E402
+
+PLUGIN_PROTO = "158"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plugin_run_dir() -> Iterator[str]:
+    """The plugin's private run dir (locks, hook socket, problems).
+
+    Autouse and session-scoped, so it is set up before the `lab` fixture
+    starts incusd: incusd, and so every LXC hook it runs, inherits it.
+    """
+    path = tempfile.mkdtemp(prefix="iht-run-")
+    old = os.environ.get("INCUS_HOST_TABLES_RUN_DIR")
+    os.environ["INCUS_HOST_TABLES_RUN_DIR"] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("INCUS_HOST_TABLES_RUN_DIR", None)
+        else:
+            os.environ["INCUS_HOST_TABLES_RUN_DIR"] = old
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def run_dir(plugin_run_dir: str) -> str:
+    return plugin_run_dir
+
+
+@pytest.fixture(scope="module")
+def daemon(lab: IncusLab, run_dir: str) -> Iterator[PluginDaemon]:
+    """`incus-host-tables watch` in the lab, for one test module."""
+    d = PluginDaemon(lab, run_dir)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+class PluginLab:
+    """Shortcuts the plugin tests share: routes and rules of H, the CLI,
+    bounded polling, and instances removed at the end of the test."""
+
+    def __init__(self, lab: IncusLab, run_dir: str) -> None:
+        self.lab = lab
+        self.run_dir = run_dir
+        self._cleanups: list[Callable[[], object]] = []
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.lab, self.run_dir, *args)
+
+    def defer(self, fn: Callable[[], object]) -> None:
+        self._cleanups.append(fn)
+
+    def launch(self, name: str, project: str = "default", **kwargs: Any) -> str:
+        self.defer(
+            lambda: self.lab.incus("delete", "--force", name, "--project", project, check=False)
+        )
+        self.lab.launch(name, project=project, **kwargs)
+        return name
+
+    def client(self, name: str, **kwargs: Any) -> Any:
+        c = self.lab.add_client(name, **kwargs)
+        self.defer(lambda: self.lab.remove_client(name))
+        return c
+
+    def close(self) -> None:
+        while self._cleanups:
+            fn = self._cleanups.pop()
+            try:
+                fn()
+            except Exception as err:  # keep cleaning up
+                print(f"cleanup failed: {err}")
+
+    def tables(self, addr: str) -> set[str]:
+        """Tables holding H's host route to exactly ``addr``."""
+        return {r["table"] for r in self.lab.route_entries(addr)}
+
+    def entries(self, addr: str) -> list[dict[str, Any]]:
+        return self.lab.route_entries(addr)
+
+    def rules(self) -> set[tuple[str, str, int]]:
+        """The plugin's rules in H: (family, table, suppress_prefixlength)."""
+        found = set()
+        for fam in ("-4", "-6"):
+            out = self.lab.ns_run("ip", "-j", fam, "rule", "show").stdout
+            for r in json.loads(out or "[]"):
+                if str(r.get("protocol")) == PLUGIN_PROTO:
+                    assert r.get("iif") == "lo", r
+                    found.add((fam[1:], str(r.get("table")), int(r.get("suppress_prefixlen", -1))))
+        return found
+
+    def host_name(self, name: str, device: str = "eth0", project: str = "default") -> str:
+        config = self.lab.query(f"/1.0/instances/{name}?project={project}")["config"]
+        return str(config[f"volatile.{device}.host_name"])
+
+    @staticmethod
+    def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll ``check`` until true or ``timeout`` seconds pass (bounded)."""
+        end = time.monotonic() + timeout
+        while True:
+            if check():
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def plug(lab: IncusLab, run_dir: str) -> Iterator[PluginLab]:
+    p = PluginLab(lab, run_dir)
+    try:
+        yield p
+    finally:
+        p.close()
