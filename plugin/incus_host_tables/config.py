@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -192,6 +193,12 @@ def _is_host_address(addr: IPAddress) -> bool:
     return addr.scope_id is None and addr.ipv4_mapped is None
 
 
+# First octets of every IPv4 range _is_host_address refuses (0/8, 127/8,
+# 169.254/16, 224/4 and up to 255.255.255.255): an address outside them is a
+# host address without asking. Keep in step with _is_host_address.
+_V4_FIRST_OCTETS_TO_CHECK = frozenset({0, 127, 169, *range(224, 256)})
+
+
 def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddress, ...]:
     key = f"{family}.address"
     raw = _value(device, key)
@@ -199,22 +206,35 @@ def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddre
         return ()
     version = 4 if family == "ipv4" else 6
     result: list[IPAddress] = []
-    seen: set[IPAddress] = set()
+    seen: set[bytes] = set()  # packed: hashing an ipaddress object is slow
+    pton, v4 = socket.inet_pton, socket.AF_INET
     for item in raw.split(","):
         item = item.strip(" \t")
         if item == "":
             raise ConfigError(f"{key}={raw!r}: empty item in the list")
+        # Fast path for the thousands of IPv4 addresses a big instance has:
+        # inet_pton accepts exactly the dotted quads ipaddress accepts (four
+        # decimal octets up to 255, no leading zeros), in C. Anything else
+        # takes the ipaddress path below, with its own error messages.
         try:
-            addr = ipaddress.ip_address(item)
-        except ValueError:
-            raise ConfigError(f"{key}={raw!r}: {item!r} is not an IP address") from None
-        if addr.version != version:
-            raise ConfigError(f"{key}={raw!r}: {item!r} is not an {family.upper()} address")
-        if not _is_host_address(addr):
-            raise ConfigError(f"{key}={raw!r}: {item!r} is not a unicast host address")
-        if addr in seen:
+            packed = pton(v4, item) if version == 4 else b""
+        except (OSError, ValueError):
+            packed = b""
+        if packed and packed[0] not in _V4_FIRST_OCTETS_TO_CHECK:
+            addr: IPAddress = ipaddress.IPv4Address(packed)
+        else:
+            try:
+                addr = ipaddress.ip_address(item)
+            except ValueError:
+                raise ConfigError(f"{key}={raw!r}: {item!r} is not an IP address") from None
+            if addr.version != version:
+                raise ConfigError(f"{key}={raw!r}: {item!r} is not an {family.upper()} address")
+            if not _is_host_address(addr):
+                raise ConfigError(f"{key}={raw!r}: {item!r} is not a unicast host address")
+            packed = addr.packed
+        if packed in seen:
             raise ConfigError(f"{key}={raw!r}: {item!r} is listed twice")
-        seen.add(addr)
+        seen.add(packed)
         result.append(addr)
     return tuple(result)
 

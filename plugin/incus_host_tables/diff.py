@@ -56,8 +56,9 @@ def diff_routes(
     Anything else on the interface (the kernel's link-local route, the local
     table) is left alone.
     """
+    # One pass over thousands of routes: plain loop, locals only, no calls
+    # on the common paths (desired and present; ours, to delete).
     want = dict.fromkeys(desired)
-    add: list[Route] = []
     adopt: list[KernelRoute] = []
     delete: list[KernelRoute] = []
     seen: set[Route] = set()
@@ -65,18 +66,22 @@ def diff_routes(
         r = kr.route
         if r.table == LOCAL_TABLE:
             continue
-        if r in want and r not in seen:
+        if want and r in want and r not in seen:  # (nothing wanted: cleanup)
             seen.add(r)
             if kr.protocol != protocol:
                 adopt.append(kr)
             continue
-        ours = kr.protocol == protocol
-        instance_copy = (r.family, r.dst, r.prefixlen) in owned_prefixes and prunable(r.table)
-        if ours or instance_copy:
+        if kr.protocol == protocol or (
+            (r.family, r.dst, r.prefixlen) in owned_prefixes and prunable(r.table)
+        ):
             delete.append(kr)
-    add = [r for r in want if r not in seen]
-    # Extra routes before host routes: their gateway resolves through them.
-    delete.sort(key=lambda kr: kr.route.gateway is None)
+    add = [r for r in want if r not in seen] if seen else list(want)
+    # Extra routes before host routes: their gateway resolves through them
+    # (the same stable order a sort on "is a host route" gives).
+    if any(kr.route.gateway is not None for kr in delete):
+        delete = [kr for kr in delete if kr.route.gateway is not None] + [
+            kr for kr in delete if kr.route.gateway is None
+        ]
     return add, adopt, delete
 
 

@@ -7,8 +7,10 @@ a reboot can never leave a stale record behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 
 from .config import DeviceIntent
 from .desired import (
@@ -16,6 +18,7 @@ from .desired import (
     desired_routes,
     instance_prefixes,
     prunable_table,
+    rules_for_intent,
     rules_for_routes,
 )
 from .diff import Plan, diff_routes, diff_rules, rule_sort_key
@@ -28,13 +31,16 @@ from .model import (
     Route,
     Rule,
     describe_route,
+    describe_routes,
     describe_rule,
+    gc_paused,
 )
 from .netlink.kernel import Change, Netlink
 
 # The routing protocol number that marks the plugin's routes and rules
 # (hooks/rt_protos.d/incus-host-tables.conf names it for iproute2).
 PROTOCOL = 158
+RTPROT_KERNEL = 2  # routes the kernel made itself (the IPv6 link-local one)
 PROTOCOL_NAME = "incus-host-tables"
 FAMILIES = (AF_INET, AF_INET6)
 
@@ -55,25 +61,37 @@ class DevicePlan:
 
     def changes(self) -> list[Change]:
         p, oif = self.plan, self.ifindex or 0
-        out = [Change("add-rule", r) for r in p.rule_add]
-        out += [Change("add-route", r, oif) for r in p.route_add]
-        out += [Change("adopt-route", kr) for kr in p.route_adopt]
-        out += [Change("del-route", kr) for kr in p.route_delete]
-        out += [Change("del-rule", kr) for kr in p.rule_delete]
+        out = list(_changes("add-rule", p.rule_add))
+        out += _changes("add-route", p.route_add, oif)
+        out += _changes("adopt-route", p.route_adopt)
+        out += _changes("del-route", p.route_delete)
+        out += _changes("del-rule", p.rule_delete)
         return out
 
     def lines(self) -> list[str]:
         p, dev = self.plan, self.ifname
         out = [f"+ rule {describe_rule(r)}" for r in p.rule_add]
-        out += [f"+ route {describe_route(r, dev)}" for r in p.route_add]
+        out += describe_routes(p.route_add, dev, "+ route ")
         out += [
             f"~ route {describe_route(kr.route, dev)} (adopt: protocol {kr.protocol} -> "
             f"{PROTOCOL_NAME})"
             for kr in p.route_adopt
         ]
-        out += [f"- route {describe_route(kr.route, dev)}" for kr in p.route_delete]
+        out += describe_routes(_routes_of(p.route_delete), dev, "- route ")
         out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
         return out
+
+
+def _changes(kind: str, items: Sequence[object], oif: int = 0) -> Iterator[Change]:
+    """Change(kind, item, oif) for each item, made in C (as in desired._routes)."""
+    return map(tuple.__new__, repeat(Change), zip(repeat(kind), items, repeat(oif), strict=False))
+
+
+_ROUTE = itemgetter(0)  # KernelRoute.route
+
+
+def _routes_of(kernel_routes: Iterable[KernelRoute]) -> Iterator[Route]:
+    return map(_ROUTE, kernel_routes)
 
 
 def _rule_serves(rule: Rule, route: Route) -> bool:
@@ -108,22 +126,44 @@ class Engine:
         return index
 
     def link_routes(self, ifindex: int) -> list[KernelRoute]:
-        return [kr for fam in FAMILIES for kr in self.nl.routes(fam, oif=ifindex)]
+        return self.nl.link_routes(ifindex)
 
     def plugin_rules(self) -> list[KernelRule]:
         return [kr for fam in FAMILIES for kr in self.nl.rules(fam, protocol=self.protocol)]
 
     def _held_elsewhere(self, rule: Rule, oif: int | None) -> bool:
         """Does a plugin route on another interface still need ``rule``?"""
-        for kr in self.nl.routes(rule.family, table=rule.table, protocol=self.protocol):
-            if kr.oif != oif and _rule_serves(rule, kr.route):
-                return True
-        return False
+        return rule in self._held_elsewhere_of([rule], oif)
+
+    def _held_elsewhere_of(self, rules: Sequence[Rule], oif: int | None) -> set[Rule]:
+        """Those of ``rules`` that a plugin route on another interface than
+        ``oif`` (None: gone, so any) still needs. One kernel-filtered dump per
+        (family, table); the device's own routes there, typically thousands
+        when it is cleaned up, are dropped while decoding."""
+        held: set[Rule] = set()
+        for family, table in dict.fromkeys((r.family, r.table) for r in rules):
+            others = [
+                kr.route
+                for kr in self.nl.routes(
+                    family, table=table, protocol=self.protocol, exclude_oif=oif
+                )
+                if kr.oif != oif
+            ]
+            for rule in rules:
+                if (rule.family, rule.table) == (family, table) and any(
+                    _rule_serves(rule, route) for route in others
+                ):
+                    held.add(rule)
+        return held
 
     # -- planning ------------------------------------------------------------
 
     def plan_device(self, ifname: str, intent: DeviceIntent) -> DevicePlan:
         """What makes the kernel match ``intent`` for the interface."""
+        with gc_paused():
+            return self._plan_device(ifname, intent)
+
+    def _plan_device(self, ifname: str, intent: DeviceIntent) -> DevicePlan:
         ifindex = self._ifindex(ifname)
         present = self.link_routes(ifindex)
         desired = desired_routes(intent)
@@ -136,7 +176,7 @@ class Engine:
         )
         needed = rules_for_routes(desired, self.rule_priority)
         before = rules_for_routes(
-            (kr.route for kr in present if kr.protocol == self.protocol), self.rule_priority
+            [kr.route for kr in present if kr.protocol == self.protocol], self.rule_priority
         )
         plan = Plan(route_add=add, route_adopt=adopt, route_delete=delete)
         self._plan_rules(plan, needed, before - needed, ifindex)
@@ -146,6 +186,10 @@ class Engine:
         """Remove the device's routes from every table and release the rules
         only it needed. The interface may already be gone (instance stopped:
         the kernel dropped its routes with it)."""
+        with gc_paused():
+            return self._plan_cleanup(ifname, intent)
+
+    def _plan_cleanup(self, ifname: str | None, intent: DeviceIntent | None) -> DevicePlan:
         ifindex = None
         present: list[KernelRoute] = []
         if ifname is not None:
@@ -155,14 +199,24 @@ class Engine:
                 ifindex = None
         if ifindex is not None:
             present = self.link_routes(ifindex)
-        owned = instance_prefixes(intent) if intent is not None else set()
+        if intent is not None:
+            owned = instance_prefixes(intent)
+        else:
+            # Config unreadable (isolating an invalid instance): everything on
+            # the instance's own interface but the kernel's routes goes --
+            # Incus's copy in main included. Fail closed.
+            owned = {
+                (kr.route.family, kr.route.dst, kr.route.prefixlen)
+                for kr in present
+                if kr.protocol != RTPROT_KERNEL
+            }
         _, _, delete = diff_routes(
             [], present, protocol=self.protocol, owned_prefixes=owned, prunable=lambda t: True
         )
-        released = rules_for_routes((kr.route for kr in delete), self.rule_priority)
+        released = rules_for_routes(list(map(_ROUTE, delete)), self.rule_priority)
         if intent is not None:
             # Its tables as configured: covers an interface already gone.
-            released |= rules_for_routes(desired_routes(intent), self.rule_priority)
+            released |= rules_for_intent(intent, self.rule_priority)
         plan = Plan(route_delete=delete)
         self._plan_rules(plan, set(), released, ifindex)
         return DevicePlan(ifname, ifindex, plan)
@@ -182,19 +236,18 @@ class Engine:
         present = self.plugin_rules()
         have = {kr.rule for kr in present}
         plan.rule_add = sorted(needed - have, key=rule_sort_key)
-        plan.rule_delete = [
-            kr
-            for kr in present
-            if kr.rule in released and not self._held_elsewhere(kr.rule, ifindex)
-        ]
+        candidates = [kr for kr in present if kr.rule in released]
+        held = self._held_elsewhere_of([kr.rule for kr in candidates], ifindex)
+        plan.rule_delete = [kr for kr in candidates if kr.rule not in held]
 
     # -- applying ------------------------------------------------------------
 
     def apply(self, device_plan: DevicePlan) -> None:
-        self.nl.apply(device_plan.changes(), self.protocol, device_plan.ifname)
+        with gc_paused():
+            self.nl.apply(device_plan.changes(), self.protocol, device_plan.ifname)
 
     def converge(self, ifname: str, intent: DeviceIntent, *, dry_run: bool = False) -> DevicePlan:
-        with host_lock():
+        with host_lock(), gc_paused():
             dp = self.plan_device(ifname, intent)
             if not dry_run:
                 self.apply(dp)
@@ -203,7 +256,7 @@ class Engine:
     def cleanup(
         self, ifname: str | None, intent: DeviceIntent | None, *, dry_run: bool = False
     ) -> DevicePlan:
-        with host_lock():
+        with host_lock(), gc_paused():
             dp = self.plan_cleanup(ifname, intent)
             if not dry_run:
                 self.apply(dp)
