@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from . import problems
-from .config import ConfigError, parse_device, validate_device
+from .config import ConfigError, DeviceIntent, parse_device, validate_device
 from .daemon import nics_of
-from .desired import FAMILY_OF, desired_routes, instance_prefixes, rules_for_routes
-from .engine import Engine
+from .desired import FAMILY_OF, desired_routes, rules_for_routes
+from .engine import RTPROT_KERNEL, Engine
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
+from .model import LOCAL_TABLE, Rule
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -94,58 +96,69 @@ class DeviceStatus:
 
 
 def status(engine: Engine, snapshots: list[InstanceSnapshot]) -> list[DeviceStatus]:
-    out: list[DeviceStatus] = []
+    """What each routed NIC asks for against what the kernel holds.
+
+    state: ok | drift (apply would change something) | stopped |
+    error (invalid config, or a refusal/isolation recorded by a hook, the
+    daemon or the CLI and not yet cleared by a successful apply).
+    """
     rules = {kr.rule for kr in engine.plugin_rules()}
+    rows: list[DeviceStatus] = []
     for snap in snapshots:
         problem = problems.read(snap.project, snap.name)
         for nic in snap.nics:
-            ds = DeviceStatus(snap.project, snap.name, nic.device, nic.host_name, "ok")
-            out.append(ds)
-            try:
-                intent = parse_device(nic.config)
-            except ConfigError as err:
-                intent = None
-                ds.state, ds.detail = "error", str(err)
-            present = []
-            ifindex = engine.nl.ifindex(nic.host_name) if nic.host_name else None
-            if ifindex is not None:
-                present = engine.link_routes(ifindex)
-            owned = instance_prefixes(intent) if intent is not None else set()
-            for name, family in FAMILY_OF.items():
-                fam = getattr(intent, name) if intent is not None else None
-                addrs = [str(a) for a in fam.addresses] if fam is not None else []
-                actual = sorted(
-                    {
-                        kr.route.table
-                        for kr in present
-                        if kr.route.family == family
-                        and (kr.route.family, kr.route.dst, kr.route.prefixlen) in owned
-                    }
-                )
-                rule_state = "n/a"
-                if intent is not None and fam is not None and addrs:
-                    need = rules_for_routes(
-                        [r for r in desired_routes(intent) if r.family == family],
-                        engine.rule_priority,
-                    )
-                    if need:
-                        rule_state = "ok" if need <= rules else "missing"
-                out_fam = FamilyStatus(
-                    name, addrs, list(fam.tables) if fam else None, actual, rule_state
-                )
-                if addrs or actual:
-                    ds.families.append(out_fam)
-            if snap.status != "Running" or ifindex is None:
-                if ds.state == "ok":
-                    ds.state = "stopped"
-            elif intent is not None and engine.plan_device(nic.host_name or "", intent).plan:
-                ds.state = "drift"
-            if problem:
-                # The last refusal or isolation, as the hook or daemon saw it.
-                ds.detail = ds.detail or str(problem.get("message"))
-                if ds.state in ("ok", "stopped"):
-                    ds.state = "error" if ds.state == "stopped" else ds.state
-    return out
+            row = _device_status(engine, snap, nic.device, nic.config, nic.host_name, rules)
+            if problem is not None:
+                row.state = "error"
+                row.detail = row.detail or str(problem.get("message"))
+            rows.append(row)
+    return rows
+
+
+def _device_status(
+    engine: Engine,
+    snap: InstanceSnapshot,
+    device: str,
+    config: Mapping[str, str],
+    host_name: str | None,
+    rules: set[Rule],
+) -> DeviceStatus:
+    row = DeviceStatus(snap.project, snap.name, device, host_name, "ok")
+    try:
+        intent: DeviceIntent | None = parse_device(config)
+    except ConfigError as err:
+        intent = None
+        row.state, row.detail = "error", str(err)
+    ifindex = engine.nl.ifindex(host_name) if host_name else None
+    present = engine.link_routes(ifindex) if ifindex is not None else []
+    desired = desired_routes(intent) if intent is not None else []
+    for name, family in FAMILY_OF.items():
+        fam = getattr(intent, name) if intent is not None else None
+        addresses = [str(a) for a in fam.addresses] if fam is not None else []
+        # With an unreadable config every non-kernel route on the interface
+        # counts: that is what isolation removes.
+        actual = sorted(
+            {
+                kr.route.table
+                for kr in present
+                if kr.route.family == family
+                and kr.route.table != LOCAL_TABLE
+                and kr.protocol != RTPROT_KERNEL
+            }
+        )
+        need = rules_for_routes([r for r in desired if r.family == family], engine.rule_priority)
+        rule_state = (
+            "n/a" if not need or ifindex is None else ("ok" if need <= rules else "missing")
+        )
+        if addresses or actual:
+            tables = list(fam.tables) if fam is not None else None
+            row.families.append(FamilyStatus(name, addresses, tables, actual, rule_state))
+    if snap.status != "Running" or ifindex is None:
+        if row.state == "ok":
+            row.state = "stopped"
+    elif intent is not None and host_name and engine.plan_device(host_name, intent).plan:
+        row.state = "drift"
+    return row
 
 
 def print_status(rows: list[DeviceStatus], fmt: str) -> None:
