@@ -62,11 +62,24 @@ def diff_routes(
     adopt: list[KernelRoute] = []
     delete: list[KernelRoute] = []
     seen: set[Route] = set()
-    for kr in present:
+    if not want:  # cleanup: what the loop below does when nothing is wanted
+        delete = [
+            kr
+            for kr in present
+            if kr.route.table != LOCAL_TABLE
+            and (
+                kr.protocol == protocol
+                or (
+                    (kr.route.family, kr.route.dst, kr.route.prefixlen) in owned_prefixes
+                    and prunable(kr.route.table)
+                )
+            )
+        ]
+    for kr in present if want else ():
         r = kr.route
         if r.table == LOCAL_TABLE:
             continue
-        if want and r in want and r not in seen:  # (nothing wanted: cleanup)
+        if r in want and r not in seen:
             seen.add(r)
             if kr.protocol != protocol:
                 adopt.append(kr)

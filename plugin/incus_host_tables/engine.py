@@ -7,6 +7,7 @@ a reboot can never leave a stale record behind.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -35,7 +36,7 @@ from .model import (
     describe_rule,
     gc_paused,
 )
-from .netlink.kernel import Change, Netlink
+from .netlink.kernel import Change, ChangeRun, Netlink, RouteQuery
 
 # The routing protocol number that marks the plugin's routes and rules
 # (hooks/rt_protos.d/incus-host-tables.conf names it for iproute2).
@@ -60,26 +61,61 @@ class DevicePlan:
     plan: Plan = field(default_factory=Plan)
 
     def changes(self) -> list[Change]:
-        p, oif = self.plan, self.ifindex or 0
-        out = list(_changes("add-rule", p.rule_add))
-        out += _changes("add-route", p.route_add, oif)
-        out += _changes("adopt-route", p.route_adopt)
-        out += _changes("del-route", p.route_delete)
-        out += _changes("del-rule", p.rule_delete)
+        out: list[Change] = []
+        for kind, items, oif in self.runs():
+            out += _changes(kind, items, oif)
         return out
 
-    def lines(self) -> list[str]:
-        p, dev = self.plan, self.ifname
-        out = [f"+ rule {describe_rule(r)}" for r in p.rule_add]
-        out += describe_routes(p.route_add, dev, "+ route ")
-        out += [
-            f"~ route {describe_route(kr.route, dev)} (adopt: protocol {kr.protocol} -> "
-            f"{PROTOCOL_NAME})"
-            for kr in p.route_adopt
+    def runs(self) -> list[ChangeRun]:
+        """The changes, in order, a run per kind (what ``apply`` sends)."""
+        p, oif = self.plan, self.ifindex or 0
+        return [
+            ChangeRun("add-rule", p.rule_add),
+            ChangeRun("add-route", p.route_add, oif),
+            ChangeRun("adopt-route", p.route_adopt),
+            ChangeRun("del-route", p.route_delete),
+            ChangeRun("del-rule", p.rule_delete),
         ]
-        out += describe_routes(_routes_of(p.route_delete), dev, "- route ")
+
+    def lines(self) -> list[str]:
+        p = self.plan
+        out = [f"+ rule {describe_rule(r)}" for r in p.rule_add]
+        out += self._add_lines() + self._adopt_lines() + self._delete_lines()
         out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
         return out
+
+    def summary(self, limit: int = 20) -> list[str]:
+        """``lines()``, but a kind of route change with more than ``limit``
+        routes is told in one line, counted per table: printing 12,000
+        lines costs a process more than making the changes."""
+        p, dev = self.plan, self.ifname
+        out = [f"+ rule {describe_rule(r)}" for r in p.rule_add]
+        for sign, what, routes, lines in (
+            ("+", "add", p.route_add, self._add_lines),
+            ("~", "adopt", list(_routes_of(p.route_adopt)), self._adopt_lines),
+            ("-", "delete", list(_routes_of(p.route_delete)), self._delete_lines),
+        ):
+            if len(routes) <= limit:
+                out += lines()
+                continue
+            tables = Counter(map(_TABLE, routes))
+            per_table = ", ".join(f"table {t}: {n}" for t, n in sorted(tables.items()))
+            out.append(f"{sign} {len(routes)} routes to {what} on {dev} ({per_table})")
+        out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
+        return out
+
+    def _add_lines(self) -> list[str]:
+        return describe_routes(self.plan.route_add, self.ifname, "+ route ")
+
+    def _adopt_lines(self) -> list[str]:
+        return [
+            f"~ route {describe_route(kr.route, self.ifname)} (adopt: protocol {kr.protocol} -> "
+            f"{PROTOCOL_NAME})"
+            for kr in self.plan.route_adopt
+        ]
+
+    def _delete_lines(self) -> list[str]:
+        return describe_routes(_routes_of(self.plan.route_delete), self.ifname, "- route ")
 
 
 def _changes(kind: str, items: Sequence[object], oif: int = 0) -> Iterator[Change]:
@@ -88,6 +124,7 @@ def _changes(kind: str, items: Sequence[object], oif: int = 0) -> Iterator[Chang
 
 
 _ROUTE = itemgetter(0)  # KernelRoute.route
+_TABLE = itemgetter(1)  # Route.table
 
 
 def _routes_of(kernel_routes: Iterable[KernelRoute]) -> Iterator[Route]:
@@ -135,26 +172,34 @@ class Engine:
         """Does a plugin route on another interface still need ``rule``?"""
         return rule in self._held_elsewhere_of([rule], oif)
 
-    def _held_elsewhere_of(self, rules: Sequence[Rule], oif: int | None) -> set[Rule]:
+    def _held_elsewhere_of(
+        self,
+        rules: Sequence[Rule],
+        oif: int | None,
+        known: dict[tuple[int, int], list[KernelRoute]] | None = None,
+    ) -> set[Rule]:
         """Those of ``rules`` that a plugin route on another interface than
         ``oif`` (None: gone, so any) still needs. One kernel-filtered dump per
-        (family, table); the device's own routes there, typically thousands
-        when it is cleaned up, are dropped while decoding."""
+        (family, table), unless ``known`` has it already (``_others_query``);
+        the device's own routes there, typically thousands when it is cleaned
+        up, are dropped while decoding."""
         held: set[Rule] = set()
         for family, table in dict.fromkeys((r.family, r.table) for r in rules):
-            others = [
-                kr.route
-                for kr in self.nl.routes(
-                    family, table=table, protocol=self.protocol, exclude_oif=oif
-                )
-                if kr.oif != oif
-            ]
+            if known is not None and (family, table) in known:
+                found = known[family, table]
+            else:
+                (found,) = self.nl.routes_many([self._others_query(family, table, oif)])
+            others = [kr.route for kr in found if kr.oif != oif]
             for rule in rules:
                 if (rule.family, rule.table) == (family, table) and any(
                     _rule_serves(rule, route) for route in others
                 ):
                     held.add(rule)
         return held
+
+    def _others_query(self, family: int, table: int, oif: int | None) -> RouteQuery:
+        """The plugin's routes in ``table`` but those on ``oif``."""
+        return RouteQuery(family, table=table, protocol=self.protocol, exclude_oif=oif)
 
     # -- planning ------------------------------------------------------------
 
@@ -197,8 +242,19 @@ class Engine:
                 ifindex = self._ifindex(ifname)
             except InterfaceMissing:
                 ifindex = None
+        # The rules a cleanup releases are at least those of the intent's
+        # tables: whether another interface still needs them is read together
+        # with the device's own routes (two dumps at a time: routes_many).
+        guessed = rules_for_intent(intent, self.rule_priority) if intent is not None else set()
+        groups = list(dict.fromkeys((r.family, r.table) for r in guessed))
+        queries = [self._others_query(family, table, ifindex) for family, table in groups]
         if ifindex is not None:
-            present = self.link_routes(ifindex)
+            link = [RouteQuery(AF_INET, oif=ifindex), RouteQuery(AF_INET6, oif=ifindex)]
+            queries = [*link, *queries]
+        found = self.nl.routes_many(queries)
+        if ifindex is not None:
+            present = found.pop(0) + found.pop(0)
+        known = dict(zip(groups, found, strict=True))
         if intent is not None:
             owned = instance_prefixes(intent)
         else:
@@ -213,12 +269,10 @@ class Engine:
         _, _, delete = diff_routes(
             [], present, protocol=self.protocol, owned_prefixes=owned, prunable=lambda t: True
         )
-        released = rules_for_routes(list(map(_ROUTE, delete)), self.rule_priority)
-        if intent is not None:
-            # Its tables as configured: covers an interface already gone.
-            released |= rules_for_intent(intent, self.rule_priority)
+        # And the intent's: its tables as configured cover an interface already gone.
+        released = rules_for_routes(list(map(_ROUTE, delete)), self.rule_priority) | guessed
         plan = Plan(route_delete=delete)
-        self._plan_rules(plan, set(), released, ifindex)
+        self._plan_rules(plan, set(), released, ifindex, known)
         return DevicePlan(ifname, ifindex, plan)
 
     def plan_rules_resync(self) -> DevicePlan:
@@ -231,20 +285,25 @@ class Engine:
         return DevicePlan(None, None, Plan(rule_add=add, rule_delete=delete))
 
     def _plan_rules(
-        self, plan: Plan, needed: set[Rule], released: set[Rule], ifindex: int | None
+        self,
+        plan: Plan,
+        needed: set[Rule],
+        released: set[Rule],
+        ifindex: int | None,
+        known: dict[tuple[int, int], list[KernelRoute]] | None = None,
     ) -> None:
         present = self.plugin_rules()
         have = {kr.rule for kr in present}
         plan.rule_add = sorted(needed - have, key=rule_sort_key)
         candidates = [kr for kr in present if kr.rule in released]
-        held = self._held_elsewhere_of([kr.rule for kr in candidates], ifindex)
+        held = self._held_elsewhere_of([kr.rule for kr in candidates], ifindex, known)
         plan.rule_delete = [kr for kr in candidates if kr.rule not in held]
 
     # -- applying ------------------------------------------------------------
 
     def apply(self, device_plan: DevicePlan) -> None:
         with gc_paused():
-            self.nl.apply(device_plan.changes(), self.protocol, device_plan.ifname)
+            self.nl.apply_runs(device_plan.runs(), self.protocol, device_plan.ifname)
 
     def converge(self, ifname: str, intent: DeviceIntent, *, dry_run: bool = False) -> DevicePlan:
         with host_lock(), gc_paused():

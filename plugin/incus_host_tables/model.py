@@ -10,8 +10,8 @@ import gc
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from itertools import groupby
-from operator import itemgetter
+from itertools import groupby, repeat
+from operator import add, itemgetter
 from typing import NamedTuple
 
 AF_INET: int = int(socket.AF_INET)
@@ -89,22 +89,22 @@ def describe_routes(
     routes: Iterable[Route], ifname: str | None = None, prefix: str = ""
 ) -> list[str]:
     """``[prefix + describe_route(r, ifname) for r in routes]``, for the
-    thousands of lines of a big plan: what follows the destination is the
-    same for every route of one (family, table, gateway, metric), so it is
-    made once per run of those."""
+    thousands of lines of a big plan: what follows the address is the same
+    for every route of one (family, table, prefixlen, gateway, metric), so
+    it is made once per run of those, and the lines are put together in C."""
     out: list[str] = []
     ntop = socket.inet_ntop
-    for _tail, group in groupby(routes, key=_ROUTE_TAIL):
+    for _shape, group in groupby(routes, key=_ROUTE_SHAPE):
         run = list(group)
-        first = run[0]
-        family = first.family
-        text = describe_route(first, ifname)
-        suffix = text[len(format_prefix(family, first.dst, first.prefixlen)) :]
-        out += [f"{prefix}{ntop(family, r[2])}/{r[3]}{suffix}" for r in run]
+        family = run[0].family
+        tail = describe_route(run[0], ifname)[len(ntop(family, run[0].dst)) :]
+        addresses = map(ntop, repeat(family), map(_ROUTE_DST, run))
+        out += map(add, map(add, repeat(prefix), addresses), repeat(tail))
     return out
 
 
-_ROUTE_TAIL = itemgetter(0, 1, 4, 5)  # family, table, gateway, priority
+_ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)  # family, table, prefixlen, gateway, priority
+_ROUTE_DST = itemgetter(2)
 
 
 def describe_rule(rule: Rule) -> str:

@@ -15,7 +15,10 @@ only spend less interpreter time per route. See docs/performance.md.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import sys
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from itertools import compress, groupby, repeat
 from operator import itemgetter, ne
 
@@ -267,81 +270,140 @@ def decode_link_index(buf: bytes | memoryview, start: int) -> int:
 #
 # A batch of thousands of route messages differs from message to message only
 # in the sequence number and the destination (and, rarely, in the table or the
-# metric). So each run of routes of one shape gets a template: the constant
-# bytes around those two fields, built by ``route_body`` itself, and a Struct
-# that puts a message together in one C call. ``map`` drives it over the run,
-# so no Python code runs per route.
+# metric); a batch of deletions is the dumped bodies behind headers that
+# differ only in the sequence number. So a run of same-sized messages is built
+# as one block: the constant message (built by ``route_body``/``message``
+# themselves) repeated, then the varying fields written column by column
+# through strided memoryviews, in C. No Python code runs per route.
 
-_new_tuple = tuple.__new__
-# (family, table, prefixlen, gateway, priority): the fields a template fixes.
+# (family, table, prefixlen, gateway, priority): what a run's template fixes.
 _ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)
 _ROUTE_DST = itemgetter(2)
+_WORD = 4  # the columns are 32-bit words: every field that varies is one or more
+# route_body lays out: rtmsg, RTA_TABLE (8 bytes), RTA_DST header, the address.
+_DST_AT = HDR + BODY + 8 + 4
+_RTM_FLAGS_WORD = 2  # rtm_flags: bytes 8-11 of an rtmsg
 
 
-def _route_template(
-    shape: tuple[int, int, int, bytes | None, int],
-    dst_len: int,
-    oif: int,
-    protocol: int,
-    kind: int,
-    flags: int,
-) -> tuple[Callable[..., bytes], bytes, bytes, bytes]:
-    """(pack, head, middle, tail): ``pack(head, seq, middle, dst, tail)`` is
-    ``message(kind, flags, seq, route_body(route, oif, protocol))`` for every
-    route of this shape whose destination is ``dst_len`` bytes long."""
-    family, table, prefixlen, gateway, priority = shape
-    body = route_body(
-        Route(family, table, bytes(dst_len), prefixlen, gateway, priority), oif, protocol
-    )
-    # route_body: rtmsg, RTA_TABLE, RTA_DST header, the address (padded to 4), the rest.
-    dst_at = BODY + 8 + 4
-    if dst_len % 4:  # padding after the address: not worth a template
-        raise ValueError("unaligned destination")
-    head = _pack_hdr(HDR + len(body), kind, flags, 0, 0)[:8]  # len, type, flags
-    middle = b"\0\0\0\0" + body[:dst_at]  # pid, then up to the address
-    tail = body[dst_at + dst_len :]
-    packer = struct.Struct(f"=8sI{len(middle)}s{dst_len}s{len(tail)}s")
-    return packer.pack, head, middle, tail
+def _words(data: bytearray | bytes) -> memoryview:
+    return memoryview(data).cast("I")
 
 
-def route_messages(
-    routes: Iterable[Route], oif: int, protocol: int, kind: int, flags: int, first_seq: int
-) -> list[bytes]:
-    """``message(kind, flags, first_seq + i, route_body(route, oif, protocol))``
-    for the i-th route, byte for byte, in one ``struct`` call per route."""
-    out: list[bytes] = []
-    seq = first_seq
-    for shape, group in groupby(routes, key=_ROUTE_SHAPE):
-        run = list(group)
-        dsts = list(map(_ROUTE_DST, run))
-        lengths = set(map(len, dsts))
-        if len(lengths) == 1 and not (dst_len := lengths.pop()) % 4:
-            pack, head, middle, tail = _route_template(shape, dst_len, oif, protocol, kind, flags)
-            out += map(
-                pack, repeat(head), range(seq, seq + len(run)), repeat(middle), dsts, repeat(tail)
-            )
-        else:  # an odd destination length: the one-message way
-            out += [
-                message(kind, flags, seq + i, route_body(r, oif, protocol))
-                for i, r in enumerate(run)
-            ]
-        seq += len(run)
-    return out
+def masked_rtm_flags(body: bytes, mask: int) -> bytes:
+    """``body`` (an rtmsg and its attributes) with rtm_flags ANDed with ``mask``."""
+    flags = int.from_bytes(body[8:12], sys.byteorder) & mask
+    return body[:8] + flags.to_bytes(4, sys.byteorder) + body[12:]
 
 
-def raw_messages(bodies: Sequence[bytes], kind: int, flags: int, first_seq: int) -> list[bytes]:
-    """``message(kind, flags, first_seq + i, body)`` for the i-th body."""
-    seqs = range(first_seq, first_seq + len(bodies))
-    lengths = set(map(len, bodies))
-    if len(lengths) == 1:  # the usual case: one Struct call per message
-        size = lengths.pop()
-        head = _pack_hdr(HDR + size, kind, flags, 0, 0)[:8]  # len, type, flags
-        pack = struct.Struct(f"=8sI4x{size}s").pack  # ..., seq, pid 0, body
-        return list(map(pack, repeat(head), seqs, bodies))
-    headers = map(
-        _pack_hdr, [HDR + len(b) for b in bodies], repeat(kind), repeat(flags), seqs, repeat(0)
-    )
-    return list(map(bytes.__add__, headers, bodies))
+class Batch:
+    """Messages to send, the i-th with sequence number ``first_seq + i``.
+
+    Held as blocks of same-sized messages back to back, so that a chunk to
+    send is a join of a few slices, not of thousands of small objects. The
+    blocks are exactly what ``message`` gives for each message."""
+
+    def __init__(self, first_seq: int) -> None:
+        self.first_seq = first_seq
+        self._starts: list[int] = []  # index of each block's first message
+        self._blocks: list[tuple[int, bytes]] = []  # (message size, messages)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _append_block(self, size: int, data: bytes) -> None:
+        if data:
+            self._starts.append(self._count)
+            self._blocks.append((size, data))
+            self._count += len(data) // size
+
+    @property
+    def next_seq(self) -> int:
+        return self.first_seq + self._count
+
+    def add(self, kind: int, flags: int, body: bytes) -> None:
+        """One message."""
+        data = message(kind, flags, self.next_seq, body)
+        self._append_block(len(data), data)
+
+    def add_bodies(
+        self, bodies: Iterable[bytes], kind: int, flags: int, rtm_flags_mask: int | None = None
+    ) -> None:
+        """``message(kind, flags, seq, body)`` for each body: per run of one
+        size, the headers written as columns and the bodies laid in behind.
+        With ``rtm_flags_mask``, the rtm_flags of each body (an rtmsg) are
+        ANDed with it first, as a dumped route's must be to be sent back."""
+        for size, group in groupby(bodies, key=len):
+            run = list(group)
+            if size % _WORD or size < BODY:
+                for body in run:  # an odd size: one by one
+                    if rtm_flags_mask is not None:
+                        body = masked_rtm_flags(body, rtm_flags_mask)
+                    self.add(kind, flags, body)
+                continue
+            n, stride, width = len(run), (HDR + size) // _WORD, size // _WORD
+            rows = bytearray(b"".join(run))
+            if rtm_flags_mask is not None:
+                column = _words(rows)[_RTM_FLAGS_WORD::width]
+                if any(column.tobytes()):  # rare: dumps nearly never carry flags
+                    column[:] = array("I", [v & rtm_flags_mask for v in column.tolist()])
+            block = bytearray((HDR + size) * n)
+            words = _words(block)
+            header = _words(_pack_hdr(HDR + size, kind, flags, 0, 0))  # len, type+flags, seq, pid
+            words[0::stride] = array("I", header[0:1]) * n
+            words[1::stride] = array("I", header[1:2]) * n
+            words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
+            self._fill(words, stride, HDR // _WORD, rows, width)
+            self._append_block(HDR + size, bytes(block))
+
+    def add_routes(
+        self, routes: Iterable[Route], oif: int, protocol: int, kind: int, flags: int
+    ) -> None:
+        """``message(kind, flags, seq, route_body(route, oif, protocol))`` for
+        each route: per run of one shape, the message of its first route
+        repeated, with each one's destination and sequence number written in."""
+        for _shape, group in groupby(routes, key=_ROUTE_SHAPE):
+            run = list(group)
+            dsts = list(map(_ROUTE_DST, run))
+            sizes = set(map(len, dsts))
+            if len(sizes) != 1 or (dst_len := sizes.pop()) % _WORD or not dst_len:
+                for r in run:  # an odd destination: one by one
+                    self.add(kind, flags, route_body(r, oif, protocol))
+                continue
+            template = message(kind, flags, 0, route_body(run[0], oif, protocol))
+            if template[_DST_AT : _DST_AT + dst_len] != dsts[0]:  # route_body changed?
+                raise AssertionError("route_body no longer has the address at _DST_AT")
+            n, stride = len(run), len(template) // _WORD
+            block = bytearray(template) * n
+            words = _words(block)
+            words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
+            self._fill(words, stride, _DST_AT // _WORD, b"".join(dsts), dst_len // _WORD)
+            self._append_block(len(template), bytes(block))
+
+    @staticmethod
+    def _fill(words: memoryview, stride: int, at: int, rows: bytes | bytearray, width: int) -> None:
+        """Write ``rows`` (``width`` words each, one row per message) into
+        every message from word ``at`` on: one strided copy per word."""
+        source = _words(rows)
+        for j in range(width):
+            words[at + j :: stride] = source[j::width]
+
+    def data(self, start: int, stop: int) -> bytes:
+        """Messages ``start`` to ``stop`` (not included), back to back."""
+        parts: list[bytes | memoryview] = []
+        b = bisect_right(self._starts, start) - 1
+        while start < stop:
+            first = self._starts[b]
+            size, block = self._blocks[b]
+            end = min(stop, first + len(block) // size)
+            parts.append(memoryview(block)[(start - first) * size : (end - first) * size])
+            start = end
+            b += 1
+        return b"".join(parts)
+
+    def messages(self) -> list[bytes]:
+        """Each message on its own (for tests and tools)."""
+        return [self.data(i, i + 1) for i in range(self._count)]
 
 
 # -- bulk decoding of route dumps ---------------------------------------------
@@ -370,6 +432,7 @@ _LAYOUT_ATTRS = {
 }
 _FIRST_RUN = 64  # messages tried at first; each full run tries 8x as many next
 _RAW = itemgetter(0)
+_new_tuple = tuple.__new__  # what a NamedTuple's __new__ ends in, called from C
 
 
 class _RouteLayout:
@@ -379,7 +442,7 @@ class _RouteLayout:
     ``fields``: name -> (offset, size) of the values (offsets count from the
     start of the message, its header included)."""
 
-    __slots__ = ("checks", "family", "fields", "length", "raw")
+    __slots__ = ("checks", "family", "fields", "length", "raw", "steady")
 
     def __init__(
         self,
@@ -393,6 +456,9 @@ class _RouteLayout:
         self.checks = checks
         self.fields = fields
         self.raw = struct.Struct(f"{HDR}x{length - HDR}s")  # the body, as KernelRoute.raw
+        # Did the last stretch end only where the buffer did? Then the next
+        # buffer is most likely all of this shape too: try it in one run.
+        self.steady = False
 
     @classmethod
     def learn(cls, buf: bytes, start: int, length: int, seq: int) -> _RouteLayout | None:
@@ -445,9 +511,10 @@ class _RouteLayout:
     ) -> int:
         """Decode the longest run of this shape among the ``count`` messages
         from ``start`` into ``out``; return its length. Runs are tried in
-        growing sizes, so a stream that keeps changing shape costs a
-        constant factor, never quadratic time."""
-        done, size, length = 0, _FIRST_RUN, self.length
+        growing sizes (unless the shape has been steady), so a stream that
+        keeps changing shape costs a constant factor, never quadratic time."""
+        done, length = 0, self.length
+        size = count if self.steady else _FIRST_RUN
         while done < count:
             want = min(size, count - done)
             part = view[start + done * length : start + (done + want) * length]
@@ -456,6 +523,7 @@ class _RouteLayout:
             if got < want:
                 break
             size *= 8
+        self.steady = done == count
         return done
 
     def _column(self, part: memoryview, offset: int, size: int) -> bytes:

@@ -5,11 +5,13 @@ the kernel still reports every failure with its sequence number, and one
 final acknowledged no-op marks the end. Every failure is thus matched to its
 change, and the changes that went through are undone in reverse order.
 
-One kind of change cannot be undone exactly: a deleted policy rule comes
-back after the rules of equal preference, not in its old place. So rule
-deletions (last in every plan) are sent one by one, and only once all
-before them went through: a failed apply leaves the rules as they were,
-unless one of those very deletions fails.
+Deletions come last in every plan, and are sent only once everything
+before them went through: a refused add or adoption never takes a route or
+a rule away, not even for a moment. And one kind of change cannot be
+undone exactly: a deleted policy rule comes back after the rules of equal
+preference, not in its old place. So rule deletions are sent one by one: a
+failed apply leaves the rules as they were, unless one of those very
+deletions fails.
 
 Dumps ask the kernel to filter (strict checking: by table, protocol and
 output interface), so the routes of other interfaces never reach Python.
@@ -23,7 +25,8 @@ import os
 import socket
 import threading
 from bisect import bisect_right
-from collections.abc import Collection, Iterator, Sequence
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import groupby
 from operator import itemgetter
 from typing import NamedTuple
@@ -107,20 +110,7 @@ class Change(NamedTuple):
 
 def _request_body(raw: bytes) -> bytes:
     """A dumped rtmsg made fit to send back as a request."""
-    flags = int.from_bytes(raw[8:12], "little") & _RTNH_F_ONLINK
-    return raw[:8] + flags.to_bytes(4, "little") + raw[12:]
-
-
-_RTM_FLAGS = itemgetter(slice(8, 12))
-_NO_FLAGS = bytes(4)
-
-
-def _request_bodies(raws: list[bytes]) -> list[bytes]:
-    """``_request_body`` of each; dumped routes nearly always carry no flags
-    at all, and then they are sent back as they are."""
-    if list(map(_RTM_FLAGS, raws)).count(_NO_FLAGS) == len(raws):
-        return raws
-    return list(map(_request_body, raws))
+    return c.masked_rtm_flags(raw, _RTNH_F_ONLINK)
 
 
 _CREATE = c.NLM_F_REQUEST | c.NLM_F_CREATE | c.NLM_F_EXCL
@@ -153,36 +143,74 @@ def encode(change: Change, protocol: int, undo: bool = False) -> tuple[int, int,
     raise ValueError(f"unknown change kind {kind!r}")
 
 
-_KIND = itemgetter(0)
+class ChangeRun(NamedTuple):
+    """Consecutive changes of one kind: ``Change(kind, item, oif)`` for each
+    of ``items``. A plan is a handful of runs of up to thousands of items;
+    batches are encoded and sent run by run, without a Change per item."""
+
+    kind: str
+    items: Sequence[Route | KernelRoute | Rule | KernelRule]
+    oif: int = 0
+
+
 _KIND_AND_OIF = itemgetter(0, 2)
 _ITEM = itemgetter(1)
 _RAW = itemgetter(5)  # KernelRoute.raw
 
 
+def runs_of(changes: Iterable[Change]) -> list[ChangeRun]:
+    return [
+        ChangeRun(kind, list(map(_ITEM, group)), oif)
+        for (kind, oif), group in groupby(changes, key=_KIND_AND_OIF)
+    ]
+
+
+def changes_of(runs: Iterable[ChangeRun]) -> list[Change]:
+    return [Change(run.kind, item, run.oif) for run in runs for item in run.items]
+
+
 def encode_batch(
     changes: Sequence[Change], protocol: int, first_seq: int, undo: bool = False
-) -> list[bytes]:
-    """The complete messages, sequence number ``first_seq + i`` for the i-th
-    change: ``c.message(*encode(change, protocol, undo)[:2], seq, body)``,
-    byte for byte, made run by run of one kind of change. Routes, the bulk
-    of any batch, are encoded by codec's templates (add) or sent back as
-    dumped (delete, adopt) without a Python call per route."""
-    out: list[bytes] = []
-    seq = first_seq
-    for (kind, oif), group in groupby(changes, key=_KIND_AND_OIF):
-        run = list(map(_ITEM, group))
+) -> c.Batch:
+    """The messages that make (or, with ``undo``, undo) ``changes``, the i-th
+    with sequence number ``first_seq + i``: ``c.message(type, flags, seq,
+    body)`` of ``encode(change, protocol, undo)``, byte for byte."""
+    return encode_runs(runs_of(changes), protocol, first_seq, undo)
+
+
+def encode_runs(
+    runs: Iterable[ChangeRun], protocol: int, first_seq: int, undo: bool = False
+) -> c.Batch:
+    """``encode_batch`` of the changes of ``runs``, made run by run. Routes,
+    the bulk of any batch, are encoded by codec's column-wise builders;
+    rules and adoptions, a handful, one by one."""
+    batch = c.Batch(first_seq)
+    for kind, items, oif in runs:
         if kind == "add-route":
             mtype, flags = (c.RTM_DELROUTE, _DELETE) if undo else (c.RTM_NEWROUTE, _CREATE)
-            out += c.route_messages(run, oif, protocol, mtype, flags, seq)
+            batch.add_routes(items, oif, protocol, mtype, flags)  # type: ignore[arg-type]
         elif kind == "del-route":
             mtype, flags = (c.RTM_NEWROUTE, _CREATE) if undo else (c.RTM_DELROUTE, _DELETE)
-            out += c.raw_messages(_request_bodies(list(map(_RAW, run))), mtype, flags, seq)
-        else:  # rules and adoptions: a handful, one by one
-            for i, item in enumerate(run):
-                mtype, flags, body = encode(Change(kind, item, oif), protocol, undo)
-                out.append(c.message(mtype, flags, seq + i, body))
-        seq += len(run)
-    return out
+            raws = map(_RAW, items)  # each sent back as a request: see _request_body
+            batch.add_bodies(raws, mtype, flags, rtm_flags_mask=_RTNH_F_ONLINK)
+        else:
+            for item in items:
+                batch.add(*encode(Change(kind, item, oif), protocol, undo))
+    return batch
+
+
+def _breaks(runs: Sequence[ChangeRun]) -> set[int]:
+    """Where a new send must start (see the module docstring): at the first
+    deletion, and around every rule deletion."""
+    breaks: set[int] = set()
+    start = 0
+    for kind, items, _oif in runs:
+        if kind in ("del-route", "del-rule") and items and not breaks:
+            breaks.add(start)
+        if kind == "del-rule":
+            breaks.update(range(start, start + len(items) + 1))
+        start += len(items)
+    return breaks
 
 
 def _open_socket() -> socket.socket:
@@ -207,15 +235,25 @@ def _open_socket() -> socket.socket:
     return sock
 
 
+class RouteQuery(NamedTuple):
+    """The filters of one route dump (see ``Netlink.routes``)."""
+
+    family: int
+    oif: int | None = None
+    table: int = 0
+    protocol: int = 0
+    exclude_oif: int | None = None
+
+
 class Netlink:
     """NETLINK_ROUTE sockets in the caller's network namespace: the main one,
-    and a second one for the IPv6 half of ``link_routes`` (opened now, so
-    that it belongs to the same namespace)."""
+    and a second one for ``routes_many`` (opened now, so that it belongs to
+    the same namespace)."""
 
     def __init__(self) -> None:
         self._sock = _open_socket()
         try:
-            self._sock6 = _open_socket()
+            self._sock2 = _open_socket()
         except BaseException:
             self._sock.close()
             raise
@@ -224,7 +262,7 @@ class Netlink:
 
     def close(self) -> None:
         self._sock.close()
-        self._sock6.close()
+        self._sock2.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -233,7 +271,11 @@ class Netlink:
         self.close()
 
     def _next_seq(self, count: int = 1) -> int:
+        """The first of ``count`` fresh sequence numbers (32-bit, kept far
+        from wrapping: a long-lived daemon sends many)."""
         with self._seq_lock:
+            if self._seq + count >= 1 << 31:
+                self._seq = 0
             first = self._seq + 1
             self._seq += count
         return first
@@ -292,32 +334,52 @@ class Netlink:
         return self._routes(self._sock, family, oif, table, protocol, exclude_oif)
 
     def link_routes(self, oif: int) -> list[KernelRoute]:
-        """Every route on interface ``oif``, in every table: IPv4, then IPv6.
+        """Every route on interface ``oif``, in every table: IPv4, then IPv6."""
+        ipv4, ipv6 = self.routes_many([RouteQuery(AF_INET, oif=oif), RouteQuery(AF_INET6, oif=oif)])
+        return ipv4 + ipv6
 
-        The kernel filters them, but to do so it walks every route of the
-        family (0.1-0.15 us each: 20-30 ms among 200,000). The two walks are
-        independent, so the IPv6 one runs at the same time, on the second
-        socket, from a helper thread: the walk happens inside its system
-        calls, which release the GIL."""
-        ipv6: list[list[KernelRoute]] = []
+    def routes_many(self, queries: Sequence[RouteQuery]) -> list[list[KernelRoute]]:
+        """``[self.routes(*query) for query in queries]``, two at a time.
+
+        A dump costs the kernel a walk over every route of the family, even
+        those its filters drop (0.07-0.15 us each: 15-30 ms among 200,000),
+        and costs Python the decoding of what it returns. The walk happens
+        inside system calls, which release the GIL: so a helper thread works
+        through the queries on the second socket while this thread does on
+        the first, and one's walk overlaps the other's walk or decoding."""
+        results: list[list[KernelRoute]] = [[] for _ in queries]
+        todo = deque(range(len(queries)))
         failed: list[BaseException] = []
 
-        def dump_ipv6() -> None:
+        def work(sock: socket.socket) -> None:
+            while todo and not failed:
+                try:
+                    i = todo.popleft()  # atomic: the two threads share it
+                except IndexError:
+                    return
+                results[i] = self._routes(sock, *queries[i])
+
+        def helper_work() -> None:
             try:
-                ipv6.append(self._routes(self._sock6, AF_INET6, oif, 0, 0, None))
+                work(self._sock2)
             except BaseException as err:  # handed to the caller below
                 failed.append(err)
 
         with gc_paused():  # paused for both threads; resumed after the join
-            helper = threading.Thread(target=dump_ipv6, name="ipv6-route-dump", daemon=True)
-            helper.start()
+            helper = None
+            if len(queries) > 1:
+                helper = threading.Thread(target=helper_work, name="route-dump", daemon=True)
+                helper.start()
             try:
-                ipv4 = self._routes(self._sock, AF_INET, oif, 0, 0, None)
+                work(self._sock)
+            except BaseException as err:
+                failed.append(err)
             finally:
-                helper.join()
+                if helper is not None:
+                    helper.join()
         if failed:
             raise failed[0]
-        return ipv4 + ipv6[0]
+        return results
 
     def _routes(
         self,
@@ -380,33 +442,27 @@ class Netlink:
     # -- writing -----------------------------------------------------------
 
     def _send_batch(
-        self, messages: Sequence[bytes], first: int, alone: Collection[int] = ()
+        self, batch: c.Batch, breaks: Collection[int] = (), start: int = 0
     ) -> tuple[dict[int, tuple[int, str]], int]:
-        """Send complete messages (the i-th with sequence number first + i);
-        return failures by index and how many were sent. Stops sending after
-        the chunk where one failed. The messages whose indexes are in
-        ``alone`` each go in a send of their own."""
+        """Send the messages of ``batch`` from index ``start`` on; return
+        failures by index and the index after the last message sent. Stops
+        sending after the chunk where one failed. A chunk never goes past an
+        index in ``breaks``: a new one starts there."""
         failures: dict[int, tuple[int, str]] = {}
-        bounds = sorted(alone)
-        sent = 0
-        while sent < len(messages) and not failures:
-            if sent in alone:
-                stop = sent + 1
-            else:
-                later = bisect_right(bounds, sent)
-                stop = min(
-                    sent + CHUNK_MESSAGES,
-                    bounds[later] if later < len(bounds) else len(messages),
-                )
-            chunk = messages[sent:stop]
-            self._sock.send(b"".join(chunk))
+        first, count = batch.first_seq, len(batch)
+        bounds = sorted(breaks)
+        sent = start
+        while sent < count and not failures:
+            later = bisect_right(bounds, sent)
+            stop = min(sent + CHUNK_MESSAGES, bounds[later] if later < len(bounds) else count)
+            self._sock.send(batch.data(sent, stop))
             sent = stop
             # rtnetlink handles requests synchronously inside send(): every
             # report for this chunk is already queued.
-            self._collect(first, len(messages), failures, until=None)
+            self._collect(first, count, failures, until=None)
         end_seq = self._next_seq()
         self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, end_seq, b""))
-        self._collect(first, len(messages), failures, until=end_seq)
+        self._collect(first, count, failures, until=end_seq)
         return failures, sent
 
     def _collect(
@@ -429,37 +485,40 @@ class Netlink:
     def apply(self, changes: Sequence[Change], protocol: int, ifname: str | None = None) -> None:
         """Make every change, or none: on a failure, undo the ones made (in
         reverse order) and raise ApplyError naming the failed change."""
-        if not changes:
+        self.apply_runs(runs_of(changes), protocol, ifname)
+
+    def apply_runs(
+        self, runs: Sequence[ChangeRun], protocol: int, ifname: str | None = None
+    ) -> None:
+        """``apply`` of the changes of ``runs``."""
+        runs = [run for run in runs if run.items]
+        count = sum(len(run.items) for run in runs)
+        if not count:
             return
         with gc_paused():
-            first = self._next_seq(len(changes))
-            messages = encode_batch(changes, protocol, first)
-            # Rule deletions: see the module docstring.
-            alone = {i for i, kind in enumerate(map(_KIND, changes)) if kind == "del-rule"}
-            failures, sent = self._send_batch(messages, first, alone)
+            batch = encode_runs(runs, protocol, self._next_seq(count))
+            failures, sent = self._send_batch(batch, _breaks(runs))
         if not failures:
             return
+        changes = changes_of(runs)
         first_bad = min(failures)
         err, text = failures[first_bad]
         done = [changes[i] for i in reversed(range(sent)) if i not in failures]
         undo_failures: list[str] = []
         if done:
-            first = self._next_seq(len(done))
-            undo_errors = self._send_batch_all(
-                encode_batch(done, protocol, first, undo=True), first
-            )
+            undo = encode_batch(done, protocol, self._next_seq(len(done)), undo=True)
+            undo_errors = self._send_batch_all(undo)
             for j, (uerr, utext) in sorted(undo_errors.items()):
                 undo_failures.append(
                     f"{done[j].describe(ifname)}: {os.strerror(uerr)} {utext}".strip()
                 )
         raise ApplyError(changes[first_bad].describe(ifname), err, text, undo_failures)
 
-    def _send_batch_all(self, messages: Sequence[bytes], first: int) -> dict[int, tuple[int, str]]:
+    def _send_batch_all(self, batch: c.Batch) -> dict[int, tuple[int, str]]:
         """Like _send_batch, but keeps going after failures (for undo)."""
         failures: dict[int, tuple[int, str]] = {}
         sent = 0
-        while sent < len(messages):
-            part, n = self._send_batch(messages[sent:], first + sent)
-            failures.update({sent + i: v for i, v in part.items()})
-            sent += n
+        while sent < len(batch):
+            part, sent = self._send_batch(batch, start=sent)
+            failures.update(part)
         return failures

@@ -1,0 +1,107 @@
+"""`python -m bench`: the performance figures of the issue, each with its
+same-run reference, then a PASS/FAIL line per target.
+
+Needs root (network namespaces) and iproute2; changes nothing outside the
+namespaces it makes (``ihtb<pid>_*``), which it always deletes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import figures, report
+from .figures import Results
+from .netns import Namespaces
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(x.replace("_", "").replace(",", "")) for x in text.split("/")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--reps", type=int, default=5, help="repetitions per figure (default 5)")
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[1000, 4000, 12000],
+        help="route counts, e.g. 1000/4000/12000",
+    )
+    p.add_argument("--foreign", type=int, default=200_000, help="foreign routes for the read test")
+    p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
+    p.add_argument(
+        "--only", choices=("bulk", "exec", "read"), action="append", help="run only these parts"
+    )
+    p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
+    p.add_argument("--quick", action="store_true", help="3 reps, sizes 1000/12000, 50,000 foreign")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.sizes, args.foreign = 3, [1000, 12000], 50_000
+    if os.geteuid() != 0:
+        print("python -m bench needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if shutil.which("ip") is None:
+        print("python -m bench needs iproute2 (ip)", file=sys.stderr)
+        return 2
+    parts = set(args.only or ("bulk", "exec", "read"))
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    m = report.machine()
+    log(f"machine: {m['nproc']} CPUs, Linux {m['kernel']}, Python {m['python']}")
+    log(f"command: {' '.join(figures.cli_command())}")
+    res = Results()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ihtb-run-") as run_dir, Namespaces() as nss:
+        if "exec" in parts:
+            for s in figures.exec_per_route(nss, args.exec_sample, args.reps, run_dir, log).series:
+                res.add(s)
+        if "bulk" in parts:
+            for s in figures.bulk(nss, args.sizes, args.reps, run_dir, log).series:
+                res.add(s)
+        if "read" in parts:
+            for scenario in figures.READ_SCENARIOS:
+                got = figures.reading(
+                    nss, args.foreign, [6, max(args.sizes)], args.reps, run_dir, log, scenario
+                )
+                res.series += got.series
+                res.facts.update(got.facts)
+    res.facts["bench_seconds"] = round(time.monotonic() - started, 1)
+
+    log("")
+    for line in report.table(res):
+        log(line)
+    log("")
+    for line in report.ratio_lines(res, args.sizes):
+        log(line)
+    verdicts = report.verdicts(res, max(args.sizes))
+    config = {
+        "reps": args.reps,
+        "sizes": args.sizes,
+        "foreign": args.foreign,
+        "exec_sample": args.exec_sample,
+        "command": figures.cli_command(),
+    }
+    out = args.out
+    report.write_json(out / "results.json", res, verdicts, config)
+    plotted = report.plot(out / "time_vs_routes.png", res)
+    log("")
+    log(f"results: {out / 'results.json'}")
+    log(f"plot: {out / 'time_vs_routes.png'}" if plotted else "plot: skipped (no matplotlib)")
+    log("")
+    for v in verdicts:
+        log(v.line())
+    return 0 if all(v.ok or v.informational for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

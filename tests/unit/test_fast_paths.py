@@ -1,0 +1,226 @@
+"""The bulk code paths give exactly what the one-at-a-time functions give,
+on random input.
+
+- ``codec.decode_route_dump`` (column-wise) vs ``codec.decode_route`` per message;
+- ``kernel.encode_batch`` (blocks) vs ``codec.message(*encode(change))`` per change;
+- ``model.describe_routes`` vs ``model.describe_route`` per route;
+- ``config._parse_addresses`` (inet_pton fast path) vs ``ipaddress`` alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import sys
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from incus_host_tables import config
+from incus_host_tables.model import KernelRoute, KernelRule, Route, Rule, describe_route
+from incus_host_tables.model import describe_routes as describe_routes_bulk
+from incus_host_tables.netlink import codec as c
+from incus_host_tables.netlink.kernel import Change, encode, encode_batch
+
+V4, V6 = 2, 10
+SETTINGS = settings(max_examples=100, suppress_health_check=list(HealthCheck), deadline=None)
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length & 3)
+
+
+_u32 = st.integers(0, 2**32 - 1).map(lambda v: struct.pack("=I", v))
+_attrs = st.one_of(
+    st.tuples(st.sampled_from([c.RTA_TABLE, c.RTA_OIF, c.RTA_PRIORITY]), _u32),
+    st.tuples(st.sampled_from([c.RTA_TABLE, c.RTA_OIF, c.RTA_PRIORITY]), st.binary(max_size=6)),
+    st.tuples(
+        st.sampled_from([c.RTA_DST, c.RTA_GATEWAY]),
+        st.sampled_from([4, 16, 0, 3]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    ),
+    st.tuples(st.integers(0, 30), st.binary(max_size=40)),
+)
+# A few shapes, repeated in a random pattern: runs of one shape, and breaks.
+_shapes = st.lists(
+    st.tuples(st.sampled_from([V4, V6]), st.integers(0, 255), st.integers(0, 255),
+              st.lists(_attrs, max_size=6)),
+    min_size=1, max_size=4,
+)  # fmt: skip
+
+
+def _dump(seq: int, shapes: list[Any], pattern: list[int], foreign_every: int) -> bytes:
+    out = b""
+    for i, k in enumerate(pattern):
+        family, dst_len, table, attrs = shapes[k % len(shapes)]
+        body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, 4, 0, 1, 0)
+        body += b"".join(_attr(t, p) for t, p in attrs)
+        other = foreign_every and i % foreign_every == 0  # a reply to another request
+        out += c.message(c.RTM_NEWROUTE, 2, seq + 1 if other else seq, body)
+    return out
+
+
+@SETTINGS
+@given(
+    _shapes,
+    st.lists(st.integers(0, 3), min_size=1, max_size=80),
+    st.integers(0, 7),
+    st.booleans(),
+    st.sampled_from([None, 0, 5, 7]),
+)
+def test_decode(
+    shapes: list[Any], pattern: list[int], foreign_every: int, done: bool, skip: int | None
+) -> None:
+    seq = 77
+    buf = _dump(seq, shapes, pattern, foreign_every)
+    if done:  # the end of the dump, then messages that must not be read
+        buf += c.message(c.NLMSG_DONE, 2, seq, b"\0\0\0\0") + _dump(seq, shapes, pattern[:3], 0)
+    expected: list[KernelRoute] = []
+    expected_end = None
+    for kind, flags, mseq, start, end in c.iter_messages(buf):
+        if mseq != seq:
+            continue
+        if kind in (c.NLMSG_DONE, c.NLMSG_ERROR):
+            expected_end = (kind, flags, start, end)
+            break
+        kr = c.decode_route(buf, start, end)
+        if skip is None or kr.oif != skip:
+            expected.append(kr)
+    got: list[KernelRoute] = []
+    assert c.decode_route_dump(buf, seq, got, {}, skip) == expected_end
+    assert got == expected
+    assert all(type(g.route) is Route and type(g) is KernelRoute for g in got)
+
+
+def _route(family: int, table: int, plen: int, gw: bytes | None, prio: int, dst: bytes) -> Route:
+    return Route(family, table, dst, plen, gw, prio)
+
+
+_routes = st.builds(
+    _route,
+    st.sampled_from([V4, V6]),
+    st.sampled_from([1, 100, 254, 300]),
+    st.sampled_from([24, 32, 128]),
+    st.sampled_from([None, b"\1\2\3\4", bytes(16)]),
+    st.sampled_from([0, 1024, 5]),
+    st.sampled_from([4, 16, 3]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+)
+
+
+def _raw(route: Route, rtm_flags: int, extra: bytes) -> bytes:
+    body = c.route_body(route, 3, 4)
+    return body[:8] + rtm_flags.to_bytes(4, sys.byteorder) + body[12:] + extra
+
+
+_raws = st.builds(
+    _raw, _routes, st.sampled_from([0, 0, 4, 1, 0x14]), st.sampled_from([b"", _attr(6, bytes(4))])
+)
+_kernel_routes = st.builds(lambda r, raw: KernelRoute(r, 3, 4, 0, 1, raw), _routes, _raws)
+_rule = Rule(V4, 100, 1100, None, 0, 31)
+_changes = st.one_of(
+    st.builds(lambda r, oif: Change("add-route", r, oif), _routes, st.sampled_from([0, 7])),
+    st.builds(lambda k: Change("del-route", k), _kernel_routes),
+    st.builds(lambda k: Change("adopt-route", k), _kernel_routes),
+    st.just(Change("add-rule", _rule)),
+    st.builds(lambda raw: Change("del-rule", KernelRule(_rule, 158, raw)), st.binary(min_size=12)),
+)
+
+
+@SETTINGS
+@given(
+    st.lists(_changes, max_size=40).map(lambda cs: cs + cs[:5] * 3),
+    st.booleans(),
+    st.integers(1, 2**31),
+)
+def test_encode(changes: list[Change], undo: bool, first: int) -> None:
+    batch = encode_batch(changes, 158, first, undo)
+    expected = []
+    for i, change in enumerate(changes):
+        kind, flags, body = encode(change, 158, undo)
+        expected.append(c.message(kind, flags, first + i, body))
+    assert batch.messages() == expected
+    assert batch.data(0, len(batch)) == b"".join(expected)
+
+
+_describable = st.builds(
+    lambda family, table, plen, gw, prio: Route(
+        family, table, bytes(4 if family == V4 else 16), plen, gw, prio
+    ),
+    st.sampled_from([V4, V6]),
+    st.sampled_from([100, 254, 300]),
+    st.sampled_from([32, 24, 128]),
+    st.sampled_from([None, b"gate"]),
+    st.sampled_from([0, 1024, 7]),
+).map(lambda r: r._replace(gateway=None if r.gateway is None else bytes(len(r.dst))))
+
+
+@SETTINGS
+@given(st.lists(_describable, max_size=30), st.sampled_from([None, "vh0", "{odd}"]))
+def test_describe(routes: list[Route], ifname: str | None) -> None:
+    expected = ["+ route " + describe_route(r, ifname) for r in routes]
+    assert describe_routes_bulk(routes, ifname, "+ route ") == expected
+
+
+def _parse_addresses_reference(device: dict[str, str], family: config.Family) -> object:
+    """_parse_addresses as it was: ipaddress alone."""
+    key = f"{family}.address"
+    raw = config._value(device, key)
+    if raw is None:
+        return ()
+    version = 4 if family == "ipv4" else 6
+    result: list[config.IPAddress] = []
+    for item in raw.split(","):
+        item = item.strip(" \t")
+        if item == "":
+            raise config.ConfigError(f"{key}={raw!r}: empty item in the list")
+        try:
+            addr = ipaddress.ip_address(item)
+        except ValueError:
+            raise config.ConfigError(f"{key}={raw!r}: {item!r} is not an IP address") from None
+        if addr.version != version:
+            raise config.ConfigError(f"{key}={raw!r}: {item!r} is not an {family.upper()} address")
+        if not config._is_host_address(addr):
+            raise config.ConfigError(f"{key}={raw!r}: {item!r} is not a unicast host address")
+        if addr in result:
+            raise config.ConfigError(f"{key}={raw!r}: {item!r} is listed twice")
+        result.append(addr)
+    return tuple(result)
+
+
+_octets = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["00", "01", "010", "0x1", "", " 1", "1 ", "\u0663", "+1", "1e1", "0255"]),
+)
+_items = st.one_of(
+    st.builds(".".join, st.lists(_octets, min_size=1, max_size=6)),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["2001:db8::1", "::ffff:1.2.3.4", "1.2.3.4%eth0", "0.0.0.0", "255.255.255.255",
+         "169.254.1.1", "127.0.0.1", "224.0.0.1", "240.0.0.1", "1.2.3.4\x00", "198.18.0.1"]
+    ),
+)  # fmt: skip
+
+
+def _outcome(fn: Any, device: dict[str, str], family: config.Family) -> tuple[str, object]:
+    try:
+        return "ok", fn(device, family)
+    except Exception as err:  # the error and its message must match too
+        return type(err).__name__, str(err)
+
+
+@settings(max_examples=10_000, suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.lists(_items, min_size=1, max_size=5), st.sampled_from(["ipv4", "ipv6"]))
+def test_parse_addresses(items: list[str], family: config.Family) -> None:
+    device = {f"{family}.address": ",".join(items)}
+    got = _outcome(config._parse_addresses, device, family)
+    assert got == _outcome(_parse_addresses_reference, device, family), device
+
+
+def test_first_octets() -> None:
+    """Every IPv4 first octet, against the fast path's list of those to check."""
+    for octet in range(256):
+        for rest in ("0.0.0", "254.1.1", "255.255.255", "1.2.3"):
+            device = {"ipv4.address": f"{octet}.{rest}"}
+            got = _outcome(config._parse_addresses, device, "ipv4")
+            assert got == _outcome(_parse_addresses_reference, device, "ipv4"), device
