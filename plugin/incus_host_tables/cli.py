@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = dsub.add_parser(action, help=text, description=text)
         p.add_argument("--host-name", required=True, help="host-side interface (vethXXXX)")
         p.add_argument(
+            "--full",
+            action="store_true",
+            help="one line per route even for large plans (default: counts per table "
+            "beyond 20 routes of a kind)",
+        )
+        p.add_argument(
             "config",
             nargs="*",
             type=_key_value,
@@ -154,11 +160,11 @@ def _device(args: argparse.Namespace) -> int:
         return EXIT_ENVIRONMENT
     finally:
         engine.close()
-    lines = dp.lines()
+    lines = dp.lines() if args.full else dp.summary()
     if args.action == "plan" and not lines:
-        print("no changes")
-    for line in lines:
-        print(line)
+        lines = ["no changes"]
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 

@@ -18,6 +18,8 @@ def engine(mocker: MockerFixture, monkeypatch: pytest.MonkeyPatch) -> MagicMock:
     mock = mocker.patch("incus_host_tables.engine.Engine")
     mock.return_value.converge.return_value.lines.return_value = []
     mock.return_value.cleanup.return_value.lines.return_value = []
+    mock.return_value.converge.return_value.summary.return_value = []
+    mock.return_value.cleanup.return_value.summary.return_value = []
     return mock
 
 
@@ -76,7 +78,7 @@ def test_valid_config_reaches_the_engine(
     engine: MagicMock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Shows the patch is effective, so `assert_not_called` above means something."""
-    assert main(["--rule-priority", "1", *DEVICE, "ipv4.address=192.0.2.1", "mtu=9000"]) == 0
+    assert main(["--rule-priority", "1", *DEVICE, "ipv4.address=203.0.113.1", "mtu=9000"]) == 0
     engine.assert_called_once_with(rule_priority=1)
     ifname, intent = engine.return_value.converge.call_args.args
     assert ifname == "veth0"
@@ -127,7 +129,7 @@ def test_value_may_contain_equals(engine: MagicMock) -> None:
     [
         pytest.param(["ipv4.host_tables=100", "ipv4.host_tables=100"], id="same-value"),
         pytest.param(["ipv4.host_tables=100", "ipv4.host_tables=200"], id="other-value"),
-        pytest.param(["mtu=1500", "ipv4.address=192.0.2.1", "mtu="], id="ignored-key"),
+        pytest.param(["mtu=1500", "ipv4.address=203.0.113.1", "mtu="], id="ignored-key"),
     ],
 )
 def test_duplicate_key_is_a_usage_error(

@@ -47,13 +47,15 @@ def encoded(msg) -> bytes:  # type: ignore[no-untyped-def]
 
 
 ROUTES = [
-    pytest.param(Route(V4, 254, ip("192.0.2.1"), 32, None, 0), id="v4-host-main"),
-    pytest.param(Route(V4, 100, ip("192.0.2.1"), 32, None, 0), id="v4-host-table"),
+    pytest.param(Route(V4, 254, ip("203.0.113.1"), 32, None, 0), id="v4-host-main"),
+    pytest.param(Route(V4, 100, ip("203.0.113.1"), 32, None, 0), id="v4-host-table"),
     pytest.param(Route(V6, 100, ip("2001:db8::1"), 128, None, 1024), id="v6-host"),
-    pytest.param(Route(V4, 7, ip("198.51.100.0"), 24, ip("192.0.2.1"), 0), id="v4-extra"),
-    pytest.param(Route(V4, 7, ip("198.51.100.0"), 24, ip("192.0.2.1"), 55), id="v4-metric"),
+    pytest.param(Route(V4, 7, ip("198.51.100.0"), 24, ip("203.0.113.1"), 0), id="v4-extra"),
+    pytest.param(Route(V4, 7, ip("198.51.100.0"), 24, ip("203.0.113.1"), 55), id="v4-metric"),
     pytest.param(Route(V6, 253, ip("2001:db8:1::"), 48, ip("2001:db8::1"), 1024), id="v6-extra"),
-    pytest.param(Route(V4, 1, ip("198.51.100.9"), 32, ip("192.0.2.1"), 0), id="v4-extra-host-len"),
+    pytest.param(
+        Route(V4, 1, ip("198.51.100.9"), 32, ip("203.0.113.1"), 0), id="v4-extra-host-len"
+    ),
 ]
 
 
@@ -111,8 +113,8 @@ def pyroute2_route(family: int, table: int, dst: str | None, dst_len: int, **nla
     ("data", "expected", "oif"),
     [
         pytest.param(
-            pyroute2_route(V4, 100, "192.0.2.1", 32, RTA_OIF=5),
-            Route(V4, 100, ip("192.0.2.1"), 32, None, 0),
+            pyroute2_route(V4, 100, "203.0.113.1", 32, RTA_OIF=5),
+            Route(V4, 100, ip("203.0.113.1"), 32, None, 0),
             5,
             id="v4-host",
         ),
@@ -128,18 +130,18 @@ def pyroute2_route(family: int, table: int, dst: str | None, dst_len: int, **nla
                 100,
                 "198.51.100.0",
                 24,
-                RTA_PREFSRC="192.0.2.9",
-                RTA_GATEWAY="192.0.2.1",
+                RTA_PREFSRC="203.0.113.9",
+                RTA_GATEWAY="203.0.113.1",
                 RTA_OIF=7,
                 RTA_PRIORITY=20,
             ),
-            Route(V4, 100, ip("198.51.100.0"), 24, ip("192.0.2.1"), 20),
+            Route(V4, 100, ip("198.51.100.0"), 24, ip("203.0.113.1"), 20),
             7,
             id="v4-extra",
         ),
         pytest.param(
-            pyroute2_route(V4, 70000, "192.0.2.1", 32, RTA_OIF=8),
-            Route(V4, 70000, ip("192.0.2.1"), 32, None, 0),
+            pyroute2_route(V4, 70000, "203.0.113.1", 32, RTA_OIF=8),
+            Route(V4, 70000, ip("203.0.113.1"), 32, None, 0),
             8,
             id="table-beyond-header-byte",
         ),
@@ -161,7 +163,7 @@ def test_decode_route_from_pyroute2(data: bytes, expected: Route, oif: int) -> N
 
 
 def test_with_protocol_changes_only_the_protocol() -> None:
-    route = Route(V4, 100, ip("198.51.100.0"), 24, ip("192.0.2.1"), 0)
+    route = Route(V4, 100, ip("198.51.100.0"), 24, ip("203.0.113.1"), 0)
     body = c.route_body(route, OIF, 4)
     remarked = c.with_protocol(body, OURS)
     assert len(remarked) == len(body)
@@ -281,7 +283,7 @@ def test_decode_rule_from_pyroute2(data: bytes, expected: Rule, protocol: int) -
 
 
 def test_iter_messages_on_concatenated_messages() -> None:
-    route = Route(V4, 100, ip("192.0.2.1"), 32, None, 0)
+    route = Route(V4, 100, ip("203.0.113.1"), 32, None, 0)
     first = c.message(c.RTM_NEWROUTE, c.NLM_F_MULTI, 5, c.route_body(route, OIF, OURS))
     odd = HDR.pack(HDR.size + 3, c.NLMSG_NOOP, 0, 6, 0) + b"abc" + b"\0"  # padded to 4
     third = pyroute2_rule(V4, 100, 0, FRA_TABLE=100)
@@ -331,7 +333,7 @@ def nlmsgerr(
 
 
 REQUEST = c.message(
-    c.RTM_NEWROUTE, 0x605, 3, c.route_body(Route(V4, 100, ip("192.0.2.1"), 32, None, 0), 1, OURS)
+    c.RTM_NEWROUTE, 0x605, 3, c.route_body(Route(V4, 100, ip("203.0.113.1"), 32, None, 0), 1, OURS)
 )
 ODD_REQUEST = HDR.pack(19, c.NLMSG_NOOP, 1, 3, 0) + b"xyz"
 MSG, OFFS = 1, 2

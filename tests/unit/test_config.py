@@ -22,7 +22,7 @@ LIST_KEYS = [pytest.param(NATIVE, id="native"), pytest.param(USER, id="user")]
 ALL_KEYS = [*LIST_KEYS, pytest.param(LEGACY, id="legacy")]
 
 # Addresses and prefixes of each family, in documentation ranges.
-ADDR = {"ipv4": ("192.0.2.10", "192.0.2.11"), "ipv6": ("2001:db8::10", "2001:db8::11")}
+ADDR = {"ipv4": ("203.0.113.10", "203.0.113.11"), "ipv6": ("2001:db8::10", "2001:db8::11")}
 NET = {
     "ipv4": ("198.51.100.0/24", "203.0.113.0/25"),
     "ipv6": ("2001:db8:1::/48", "2001:db8:2::/64"),
@@ -263,17 +263,17 @@ INVALID_ADDRESSES = {
     "ipv4": [
         pytest.param("2001:db8::1", "2001:db8::1", id="wrong-family"),
         pytest.param("bogus", "bogus", id="not-an-address"),
-        pytest.param("192.0.2.0/24", "192.0.2.0/24", id="prefix"),
-        pytest.param("192.0.2.1,192.0.2.1", "192.0.2.1", id="duplicate"),
-        pytest.param("192.0.2.1,,192.0.2.2", "192.0.2.1,,192.0.2.2", id="empty-item"),
+        pytest.param("203.0.113.0/24", "203.0.113.0/24", id="prefix"),
+        pytest.param("203.0.113.1,203.0.113.1", "203.0.113.1", id="duplicate"),
+        pytest.param("203.0.113.1,,203.0.113.2", "203.0.113.1,,203.0.113.2", id="empty-item"),
         pytest.param("0.0.0.0", "0.0.0.0", id="unspecified"),
         pytest.param("224.0.0.1", "224.0.0.1", id="multicast"),
         pytest.param("127.0.0.1", "127.0.0.1", id="loopback"),
         pytest.param("255.255.255.255", "255.255.255.255", id="broadcast"),
-        pytest.param("192.0.2.010", "192.0.2.010", id="leading-zero-octet"),
+        pytest.param("203.0.113.010", "203.0.113.010", id="leading-zero-octet"),
     ],
     "ipv6": [
-        pytest.param("192.0.2.1", "192.0.2.1", id="wrong-family"),
+        pytest.param("203.0.113.1", "203.0.113.1", id="wrong-family"),
         pytest.param("bogus", "bogus", id="not-an-address"),
         pytest.param("2001:db8::/64", "2001:db8::/64", id="prefix"),
         pytest.param("2001:db8::1,2001:db8:0::1", "2001:db8:0::1", id="duplicate-spelled"),
@@ -374,7 +374,7 @@ def test_routes_need_an_address_of_their_family(family: Family, address: str | N
 
 
 def test_vrf_alone_is_accepted() -> None:
-    device = {"vrf": "vrf-blue", "ipv4.address": "192.0.2.1", "ipv6.address": "2001:db8::1"}
+    device = {"vrf": "vrf-blue", "ipv4.address": "203.0.113.1", "ipv6.address": "2001:db8::1"}
     assert parse_device(device).vrf == "vrf-blue"
     assert validate_device(device) == []
 
@@ -444,7 +444,7 @@ IGNORED = {
 
 
 def test_other_keys_are_ignored() -> None:
-    base = {"ipv4.address": "192.0.2.1", "ipv6.host_tables": "100"}
+    base = {"ipv4.address": "203.0.113.1", "ipv6.host_tables": "100"}
     assert validate_device({**base, **IGNORED}) == []
     intent = parse_device({**base, **IGNORED})
     assert intent == parse_device(base)
@@ -506,7 +506,7 @@ def test_config_error_problems() -> None:
 
 def test_valid_device_parses_fully() -> None:
     device = {
-        "ipv4.address": "192.0.2.1,192.0.2.2",
+        "ipv4.address": "203.0.113.1,203.0.113.2",
         "ipv4.routes": "198.51.100.0/24",
         "ipv4.host_tables": "100,254",
         "user.ipv4.host_tables": "100, 254",
@@ -518,7 +518,9 @@ def test_valid_device_parses_fully() -> None:
     assert intent.vrf is None
     assert intent.ipv4.family == "ipv4"
     assert intent.ipv4.tables == (100, 254)
-    assert intent.ipv4.addresses == tuple(map(ipaddress.IPv4Address, ["192.0.2.1", "192.0.2.2"]))
+    assert intent.ipv4.addresses == tuple(
+        map(ipaddress.IPv4Address, ["203.0.113.1", "203.0.113.2"])
+    )
     assert intent.ipv4.routes == (ipaddress.IPv4Network("198.51.100.0/24"),)
     assert intent.ipv6.family == "ipv6"
     assert intent.ipv6.tables == (200,)

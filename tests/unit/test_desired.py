@@ -62,41 +62,41 @@ def extra(table: int, net: str, via: str) -> Route:
     [
         pytest.param(intent(), [], id="no-addresses"),
         pytest.param(
-            intent(v4=((MAIN,), ["192.0.2.1"], [])), [host4(MAIN, "192.0.2.1")], id="v4-main"
+            intent(v4=((MAIN,), ["203.0.113.1"], [])), [host4(MAIN, "203.0.113.1")], id="v4-main"
         ),
         pytest.param(
             intent(v6=((100,), ["2001:db8::1"], [])), [host6(100, "2001:db8::1")], id="v6-table"
         ),
         pytest.param(
-            intent(v4=((100, 200), ["192.0.2.1", "192.0.2.2"], [])),
+            intent(v4=((100, 200), ["203.0.113.1", "203.0.113.2"], [])),
             [
-                host4(100, "192.0.2.1"),
-                host4(100, "192.0.2.2"),
-                host4(200, "192.0.2.1"),
-                host4(200, "192.0.2.2"),
+                host4(100, "203.0.113.1"),
+                host4(100, "203.0.113.2"),
+                host4(200, "203.0.113.1"),
+                host4(200, "203.0.113.2"),
             ],
             id="every-address-every-table",
         ),
         pytest.param(
-            intent(v4=((100, MAIN), ["192.0.2.1", "192.0.2.2"], ["198.51.100.0/24"])),
+            intent(v4=((100, MAIN), ["203.0.113.1", "203.0.113.2"], ["198.51.100.0/24"])),
             [
-                host4(100, "192.0.2.1"),
-                host4(100, "192.0.2.2"),
-                host4(MAIN, "192.0.2.1"),
-                host4(MAIN, "192.0.2.2"),
-                extra(100, "198.51.100.0/24", "192.0.2.1"),
-                extra(MAIN, "198.51.100.0/24", "192.0.2.1"),
+                host4(100, "203.0.113.1"),
+                host4(100, "203.0.113.2"),
+                host4(MAIN, "203.0.113.1"),
+                host4(MAIN, "203.0.113.2"),
+                extra(100, "198.51.100.0/24", "203.0.113.1"),
+                extra(MAIN, "198.51.100.0/24", "203.0.113.1"),
             ],
             id="extra-routes-via-first-address",
         ),
         pytest.param(
             intent(
-                v4=((100,), ["192.0.2.1"], ["198.51.100.7/32"]),
+                v4=((100,), ["203.0.113.1"], ["198.51.100.7/32"]),
                 v6=((200, 100), ["2001:db8::2", "2001:db8::1"], ["2001:db8:1::/48"]),
             ),
             [
-                host4(100, "192.0.2.1"),
-                extra(100, "198.51.100.7/32", "192.0.2.1"),
+                host4(100, "203.0.113.1"),
+                extra(100, "198.51.100.7/32", "203.0.113.1"),
                 host6(200, "2001:db8::2"),
                 host6(200, "2001:db8::1"),
                 host6(100, "2001:db8::2"),
@@ -107,7 +107,7 @@ def extra(table: int, net: str, via: str) -> Route:
             id="both-families",
         ),
         pytest.param(
-            intent(v4=((MAIN,), ["192.0.2.1"], ["198.51.100.0/24"]), vrf="vrf-blue"),
+            intent(v4=((MAIN,), ["203.0.113.1"], ["198.51.100.0/24"]), vrf="vrf-blue"),
             [],
             id="vrf-nothing-desired",
         ),
@@ -129,11 +129,11 @@ def test_desired_routes(device: DeviceIntent, expected: list[Route]) -> None:
         pytest.param(intent(), set(), id="empty"),
         pytest.param(
             intent(
-                v4=((100, 200), ["192.0.2.1"], ["198.51.100.0/24"]),
+                v4=((100, 200), ["203.0.113.1"], ["198.51.100.0/24"]),
                 v6=((MAIN,), ["2001:db8::1"], ["2001:db8:1::/48"]),
             ),
             {
-                (V4, ip("192.0.2.1"), 32),
+                (V4, ip("203.0.113.1"), 32),
                 (V4, ip("198.51.100.0"), 24),
                 (V6, ip("2001:db8::1"), 128),
                 (V6, ip("2001:db8:1::"), 48),
@@ -141,8 +141,8 @@ def test_desired_routes(device: DeviceIntent, expected: list[Route]) -> None:
             id="addresses-and-routes-once-whatever-the-tables",
         ),
         pytest.param(
-            intent(v4=((MAIN,), ["192.0.2.1"], []), vrf="vrf-blue"),
-            {(V4, ip("192.0.2.1"), 32)},
+            intent(v4=((MAIN,), ["203.0.113.1"], []), vrf="vrf-blue"),
+            {(V4, ip("203.0.113.1"), 32)},
             id="vrf-still-owns-its-prefixes",
         ),
     ],
@@ -163,7 +163,7 @@ def test_instance_prefixes(device: DeviceIntent, expected: set[tuple[int, bytes,
     ],
 )
 def test_prunable_table(vrf: str | None, table: int, expected: bool) -> None:
-    device = intent(v4=((100,), ["192.0.2.1"], []), vrf=vrf)
+    device = intent(v4=((100,), ["203.0.113.1"], []), vrf=vrf)
     assert prunable_table(device, table) is expected
 
 
@@ -175,13 +175,13 @@ P = 1100
     [
         pytest.param([], P, set(), id="none"),
         pytest.param(
-            [host4(MAIN, "192.0.2.1"), extra(MAIN, "198.51.100.0/24", "192.0.2.1")],
+            [host4(MAIN, "203.0.113.1"), extra(MAIN, "198.51.100.0/24", "203.0.113.1")],
             P,
             set(),
             id="main-needs-none",
         ),
         pytest.param(
-            [host4(100, "192.0.2.1"), host4(100, "192.0.2.2")],
+            [host4(100, "203.0.113.1"), host4(100, "203.0.113.2")],
             P,
             {Rule(V4, 100, P, None, 0, 31)},
             id="one-rule-per-table-v4",
@@ -193,7 +193,7 @@ P = 1100
             id="per-table-v6",
         ),
         pytest.param(
-            [host4(100, "192.0.2.1"), extra(100, "198.51.100.0/24", "192.0.2.1")],
+            [host4(100, "203.0.113.1"), extra(100, "198.51.100.0/24", "203.0.113.1")],
             P,
             {
                 Rule(V4, 100, P, None, 0, 31),
@@ -208,13 +208,13 @@ P = 1100
             id="extra-route-v6",
         ),
         pytest.param(
-            [host4(100, "192.0.2.1"), extra(100, "198.51.100.7/32", "192.0.2.1")],
+            [host4(100, "203.0.113.1"), extra(100, "198.51.100.7/32", "203.0.113.1")],
             P,
             {Rule(V4, 100, P, None, 0, 31)},
             id="host-length-extra-route-covered-by-table-rule",
         ),
         pytest.param(
-            [host4(100, "192.0.2.1")], 77, {Rule(V4, 100, 77, None, 0, 31)}, id="priority"
+            [host4(100, "203.0.113.1")], 77, {Rule(V4, 100, 77, None, 0, 31)}, id="priority"
         ),
     ],
 )
@@ -225,7 +225,7 @@ def test_rules_for_routes(routes: list[Route], priority: int, expected: set[Rule
 
 def test_rules_for_desired_routes() -> None:
     device = intent(
-        v4=((100, MAIN), ["192.0.2.1"], ["198.51.100.0/24"]),
+        v4=((100, MAIN), ["203.0.113.1"], ["198.51.100.0/24"]),
         v6=((200,), ["2001:db8::1"], []),
     )
     assert rules_for_routes(desired_routes(device), P) == {

@@ -45,17 +45,17 @@ def kr(route: Route, protocol: int) -> KernelRoute:
     return KernelRoute(route, OIF, protocol, 0, 1, repr((route, protocol)).encode())
 
 
-# The instance: 192.0.2.1 and 198.51.100.0/24 via it; 2001:db8::1.
+# The instance: 203.0.113.1 and 198.51.100.0/24 via it; 2001:db8::1.
 OWNED: set[tuple[int, bytes, int]] = {
-    (V4, ip("192.0.2.1"), 32),
+    (V4, ip("203.0.113.1"), 32),
     (V4, ip("198.51.100.0"), 24),
     (V6, ip("2001:db8::1"), 128),
 }
 
 
 def desired_in(*tables: int) -> list[Route]:
-    routes = [host(t, "192.0.2.1") for t in tables] + [host(t, "2001:db8::1") for t in tables]
-    return routes + [extra(t, "198.51.100.0/24", "192.0.2.1") for t in tables]
+    routes = [host(t, "203.0.113.1") for t in tables] + [host(t, "2001:db8::1") for t in tables]
+    return routes + [extra(t, "198.51.100.0/24", "203.0.113.1") for t in tables]
 
 
 def run(
@@ -84,10 +84,10 @@ def apply(
 
 
 LINK_LOCAL = kr(Route(V6, MAIN, ip("fe80::"), 64, None, 256), KERNEL)
-LOCAL_COPY = kr(host(LOCAL, "192.0.2.1"), KERNEL)
+LOCAL_COPY = kr(host(LOCAL, "203.0.113.1"), KERNEL)
 LOCAL_OURS = kr(host(LOCAL, "2001:db8::1"), OURS)
-FOREIGN = kr(host(MAIN, "192.0.2.99"), BOOT)
-FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "192.0.2.1"), STATIC)
+FOREIGN = kr(host(MAIN, "203.0.113.99"), BOOT)
+FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
 
 
 @pytest.mark.parametrize(
@@ -105,20 +105,20 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "192.0.2.1"), STATIC)
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(100, "192.0.2.1"), STATIC)],
+            [kr(host(100, "203.0.113.1"), STATIC)],
             None,
             desired_in(100)[1:],
-            [kr(host(100, "192.0.2.1"), STATIC)],
+            [kr(host(100, "203.0.113.1"), STATIC)],
             [],
             id="adopt-other-protocol",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(MAIN, "192.0.2.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
             None,
             desired_in(100),
             [],
-            [kr(host(MAIN, "192.0.2.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
             id="delete-incus-copies-in-main",
         ),
         pytest.param(
@@ -132,20 +132,26 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "192.0.2.1"), STATIC)
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(300, "192.0.2.1"), STATIC)],
+            [kr(host(300, "203.0.113.1"), STATIC)],
             None,
             desired_in(100),
             [],
-            [kr(host(300, "192.0.2.1"), STATIC)],
+            [kr(host(300, "203.0.113.1"), STATIC)],
             id="delete-instance-copy-in-unchosen-table",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(100, "192.0.2.50"), OURS), kr(extra(100, "10.9.0.0/16", "192.0.2.1"), OURS)],
+            [
+                kr(host(100, "203.0.113.50"), OURS),
+                kr(extra(100, "198.18.0.0/16", "203.0.113.1"), OURS),
+            ],
             None,
             desired_in(100),
             [],
-            [kr(extra(100, "10.9.0.0/16", "192.0.2.1"), OURS), kr(host(100, "192.0.2.50"), OURS)],
+            [
+                kr(extra(100, "198.18.0.0/16", "203.0.113.1"), OURS),
+                kr(host(100, "203.0.113.50"), OURS),
+            ],
             id="delete-plugin-owned-leftovers",
         ),
         pytest.param(
@@ -159,20 +165,20 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "192.0.2.1"), STATIC)
         ),
         pytest.param(
             [],
-            [kr(host(MAIN, "192.0.2.1"), STATIC), kr(host(100, "192.0.2.1"), STATIC)],
+            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(100, "203.0.113.1"), STATIC)],
             [MAIN],
             [],
             [],
-            [kr(host(MAIN, "192.0.2.1"), STATIC)],
+            [kr(host(MAIN, "203.0.113.1"), STATIC)],
             id="vrf-only-main-prunable",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(100, "192.0.2.1")._replace(priority=50), STATIC)],
+            [kr(host(100, "203.0.113.1")._replace(priority=50), STATIC)],
             None,
             desired_in(100),
             [],
-            [kr(host(100, "192.0.2.1")._replace(priority=50), STATIC)],
+            [kr(host(100, "203.0.113.1")._replace(priority=50), STATIC)],
             id="other-metric-replaced",
         ),
     ],
@@ -193,12 +199,12 @@ def test_diff_routes(
 
 def messy_present() -> list[KernelRoute]:
     return [
-        kr(host(MAIN, "192.0.2.1"), STATIC),  # Incus's copy in main
-        kr(extra(MAIN, "198.51.100.0/24", "192.0.2.1"), STATIC),
-        kr(host(100, "192.0.2.1"), STATIC),  # right place, Incus's protocol
+        kr(host(MAIN, "203.0.113.1"), STATIC),  # Incus's copy in main
+        kr(extra(MAIN, "198.51.100.0/24", "203.0.113.1"), STATIC),
+        kr(host(100, "203.0.113.1"), STATIC),  # right place, Incus's protocol
         kr(host(200, "2001:db8::1"), OURS),  # table no longer chosen
-        kr(extra(200, "198.51.100.0/24", "192.0.2.1"), OURS),
-        kr(host(100, "192.0.2.77"), OURS),  # leftover of an old address
+        kr(extra(200, "198.51.100.0/24", "203.0.113.1"), OURS),
+        kr(host(100, "203.0.113.77"), OURS),  # leftover of an old address
         LINK_LOCAL,
         LOCAL_COPY,
         FOREIGN,
@@ -233,7 +239,7 @@ def test_add_keeps_desired_order() -> None:
 
 
 def test_duplicate_desired_added_once() -> None:
-    route = host(100, "192.0.2.1")
+    route = host(100, "203.0.113.1")
     add, _, _ = run([route, route], [])
     assert add == [route]
 
@@ -290,6 +296,6 @@ def test_diff_rules_is_idempotent() -> None:
 def test_plan_truth_and_count() -> None:
     assert not Plan()
     assert Plan().count() == 0
-    plan = Plan(route_add=[host(100, "192.0.2.1")], rule_delete=[krule(R100), krule(R200)])
+    plan = Plan(route_add=[host(100, "203.0.113.1")], rule_delete=[krule(R100), krule(R200)])
     assert plan
     assert plan.count() == 3
