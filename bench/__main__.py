@@ -8,14 +8,16 @@ namespaces it makes (``ihtb<pid>_*``), which it always deletes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from . import figures, report
+from . import figures, lab_figures, report
 from .figures import Results
 from .netns import Namespaces
 
@@ -38,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foreign", type=int, default=200_000, help="foreign routes for the read test")
     p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
     p.add_argument(
-        "--only", choices=("bulk", "exec", "read"), action="append", help="run only these parts"
+        "--only",
+        choices=("bulk", "exec", "read", "lab"),
+        action="append",
+        help="run only these parts (lab: start hook and event storm on a real Incus)",
     )
+    p.add_argument("--starts", type=int, default=20, help="incus starts per variant (lab)")
+    p.add_argument("--storm", default="50,100,200", help="event-storm sizes (lab)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     p.add_argument("--quick", action="store_true", help="3 reps, sizes 1000/12000, 50,000 foreign")
     args = p.parse_args(argv)
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ip") is None:
         print("python -m bench needs iproute2 (ip)", file=sys.stderr)
         return 2
-    parts = set(args.only or ("bulk", "exec", "read"))
+    parts = set(args.only or ("bulk", "exec", "read", "lab"))
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -75,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res.series += got.series
                 res.facts.update(got.facts)
+    lab_results: dict[str, Any] | None = None
+    if "lab" in parts:
+        log("")
+        log("real Incus: start hook and event storm")
+        storm_sizes = [int(x) for x in args.storm.split(",") if x]
+        lab_results = lab_figures.run(args.starts, storm_sizes)
     res.facts["bench_seconds"] = round(time.monotonic() - started, 1)
 
     log("")
@@ -100,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     for v in verdicts:
         log(v.line())
-    return 0 if all(v.ok or v.informational for v in verdicts) else 1
+    lab_ok = True
+    if lab_results is not None:
+        with open(out / "results_lab.json", "w", encoding="utf-8") as f:
+            json.dump(lab_results, f, indent=2)
+        for line in lab_figures.verdict_lines(lab_results):
+            log(line)
+        lab_ok = lab_figures.passed(lab_results)
+    ok = all(v.ok or v.informational for v in verdicts) and lab_ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -164,6 +164,32 @@ def run(starts: int, sizes: list[int]) -> dict[str, Any]:
     return results
 
 
+def passed(results: dict[str, Any]) -> bool:
+    storms = results.get("storm", [])
+    return bool(results["hook"]["pass"]) and all(
+        s["pass"] and s["daemon_peak_rss_mb"] <= STORM_RSS_MB for s in storms
+    )
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    h = results["hook"]
+    lines = [
+        f"{'PASS' if h['pass'] else 'FAIL'}  start hook adds {h['median_extra_ms']:.1f} ms"
+        f" median to incus start (<= {HOOK_TARGET_MS:.0f} ms; {h['starts_each']} starts each,"
+        f" an empty hook adds {h['empty_hook_extra_ms']:.1f} ms)"
+    ]
+    for s in results.get("storm", []):
+        ok = s["pass"] and s["daemon_peak_rss_mb"] <= STORM_RSS_MB
+        after = s["converged_after_last_start_s"]
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'}  event storm {s['instances']}: converged "
+            f"{'never' if after is None else f'{after:.2f} s'} after the last start"
+            f" (<= {STORM_TARGET_S:.0f} s), daemon peak RSS {s['daemon_peak_rss_mb']:.0f} MB"
+            f" (<= {STORM_RSS_MB:.0f} MB)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--starts", type=int, default=20)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -235,8 +234,13 @@ class Daemon:
         except Exception as err:
             log.exception("hook %s for %s failed", hook, lxc_name)
             return {"ok": False, "error": f"internal error: {err}"}
-        log.info("hook %s %s: %s in %.1f ms", hook, lxc_name, "ok" if out.ok else "refused",
-                 (time.perf_counter() - started) * 1000)
+        log.info(
+            "hook %s %s: %s in %.1f ms",
+            hook,
+            lxc_name,
+            "ok" if out.ok else "refused",
+            (time.perf_counter() - started) * 1000,
+        )
         return {"ok": out.ok, "error": out.error}
 
     def serve_hooks(self) -> socketserver.BaseServer:
@@ -247,14 +251,23 @@ class Daemon:
         daemon = self
 
         class Handler(socketserver.StreamRequestHandler):
+            # One line each way, tab-separated (see hookclient.py):
+            # "HOOK\tLXC_NAME\tLXC_CONFIG_FILE" -> "ok" | "error\tMESSAGE".
             def handle(self) -> None:
-                try:
-                    request = json.loads(self.rfile.readline())
-                except ValueError:
-                    reply: dict[str, Any] = {"ok": False, "error": "malformed request"}
+                fields = self.rfile.readline().decode(errors="replace").rstrip("\n").split("\t")
+                if len(fields) != 3:
+                    reply = {"ok": False, "error": "malformed request"}
                 else:
-                    reply = daemon.handle_hook(request)
-                self.wfile.write(json.dumps(reply).encode() + b"\n")
+                    hook, lxc_name, config_file = fields
+                    reply = daemon.handle_hook(
+                        {"hook": hook, "lxc_name": lxc_name, "config_file": config_file}
+                    )
+                if reply["ok"]:
+                    answer = "ok"
+                else:
+                    message = str(reply["error"]).replace("\t", " ").replace("\n", " ")
+                    answer = f"error\t{message}"
+                self.wfile.write(answer.encode() + b"\n")
 
         old_umask = os.umask(0o077)  # root-only socket
         try:
