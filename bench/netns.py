@@ -8,25 +8,16 @@ The machine's own namespace is only ever entered to come back to it.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/run/netns")
-_libc = ctypes.CDLL(None, use_errno=True)
+from incus_host_tables.lab.netns import NETNS_DIR, inside
+
 _counter = itertools.count(1)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 class NetNS:
@@ -36,24 +27,11 @@ class NetNS:
     def __repr__(self) -> str:
         return f"NetNS({self.name!r})"
 
-    @contextmanager
-    def inside(self) -> Iterator[None]:
+    def inside(self) -> AbstractContextManager[None]:
         """Run the body (this thread, and the processes it starts) inside
         the namespace: sockets opened and children spawned there belong to it,
         so in-process and whole-process figures pay no `ip netns exec`."""
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            target = os.open(NETNS_DIR / self.name, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
-            try:
-                yield
-            finally:
-                _setns(home)
-        finally:
-            os.close(home)
+        return inside(self.name)
 
     def ip(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run(

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from incus_host_tables.engine import Engine
+from incus_host_tables.lab.netns import inside
 
-from .helpers import NetNS, delete_namespace, inside, new_namespace
+from .helpers import NetNS, delete_namespace, new_namespace
 
 
 @pytest.fixture(autouse=True)

@@ -8,50 +8,20 @@ machine's own namespace is only ever read (to find our way back to it).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from incus_host_tables.config import DeviceIntent, parse_device
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/run/netns")
 PYTHON = sys.executable
 _counter = itertools.count(1)
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Run the body (this thread only) inside network namespace ``name``."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
 
 
 def _ping_command() -> list[str]:
