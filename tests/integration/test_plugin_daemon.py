@@ -233,3 +233,31 @@ def test_daemon_away_while_instances_change(
     )
     want_rules = {("4", "150", 31), ("4", "200", 31)}
     assert plug.until(lambda: plug.rules() == want_rules, CONVERGE), plug.rules()
+
+
+def test_delete_and_rename_release_what_the_instance_held(
+    plug: PluginLab, daemon: PluginDaemon
+) -> None:
+    """instance-deleted of a running instance and instance-renamed: the
+    daemon forgets the old name and no rule is left behind for it."""
+    a4 = "198.51.100.109"
+    plug.launch("dsd1", devices={"eth0": routed(a4) | host_tables("170")})
+    assert_converged(plug, {a4: {"170"}})
+    assert plug.until(lambda: ("4", "170", 31) in plug.rules(), CONVERGE), plug.rules()
+
+    plug.lab.incus("delete", "--force", "dsd1")
+    assert plug.until(lambda: ("4", "170", 31) not in plug.rules(), CONVERGE), plug.rules()
+    assert plug.entries(a4) == []
+
+    a4 = "198.51.100.110"
+    plug.launch("dsr1", devices={"eth0": routed(a4) | host_tables("171")})
+    assert_converged(plug, {a4: {"171"}})
+    plug.lab.incus("stop", "--force", "dsr1")
+    assert plug.until(lambda: ("4", "171", 31) not in plug.rules(), CONVERGE), plug.rules()
+    plug.lab.incus("rename", "dsr1", "dsr2")
+    plug.defer(lambda: plug.lab.incus("delete", "--force", "dsr2", check=False))
+    plug.lab.incus("start", "dsr2")
+    assert_converged(plug, {a4: {"171"}})
+    assert plug.until(lambda: ("4", "171", 31) in plug.rules(), CONVERGE), plug.rules()
+    status = json.loads(plug.cli("status", "dsr2", "--format", "json").stdout)
+    assert [(row["instance"], row["state"]) for row in status] == [("dsr2", "ok")]
