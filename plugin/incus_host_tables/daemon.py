@@ -150,7 +150,7 @@ class Daemon:
             return
         gone = previous or (nics_of(snapshot) if snapshot is not None else [])
         if gone:
-            out = lifecycle.stop(project, name, gone)
+            out = lifecycle.stop(project, name, gone, forget=snapshot is None)
             for result in out.nics:
                 for line in result.changes:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)

@@ -171,10 +171,16 @@ class Lifecycle:
         return out
 
     def stop(
-        self, project: str, name: str, nics: Sequence[Nic], *, dry_run: bool = False
+        self,
+        project: str,
+        name: str,
+        nics: Sequence[Nic],
+        *,
+        dry_run: bool = False,
+        forget: bool = False,
     ) -> Outcome:
         """Remove the NICs' routes (if their interfaces still exist) and the
-        rules only they needed."""
+        rules only they needed. ``forget``: the instance is gone (deleted)."""
         with instance_lock(project, name):
             out = Outcome(project, name, "plan-cleanup" if dry_run else "cleanup")
             for nic in nics:
@@ -192,6 +198,9 @@ class Lifecycle:
             if not dry_run and any(_intent_or_none(n.config) is None for n in nics):
                 # Which rules such a NIC needed is unknown: resync them all.
                 self.engine.resync_rules()
-            if not dry_run and out.ok:
+            if not dry_run and forget:
+                # A recorded refusal stays until a successful start, so that
+                # `status` still explains a stopped instance; a deleted one
+                # has nothing left to explain.
                 problems.clear(project, name)
             return out
