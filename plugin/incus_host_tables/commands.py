@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
-from .daemon import nics_of
 from .desired import FAMILY_OF, desired_routes, rules_for_routes
 from .engine import RTPROT_KERNEL, Engine
 from .incus import IncusClient, InstanceSnapshot
@@ -57,7 +56,7 @@ def act(engine: Engine, snapshots: list[InstanceSnapshot], action: str) -> int:
     rc = EXIT_OK
     changed = 0
     for snap in snapshots:
-        nics = nics_of(snap)
+        nics = snap.nics
         if action == "cleanup" or snap.status != "Running":
             out = lifecycle.stop(snap.project, snap.name, nics, dry_run=action == "plan")
         else:

@@ -17,7 +17,7 @@ import signal
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -61,10 +61,6 @@ def event_target(event: dict[str, Any]) -> tuple[str, Key, str | None] | None:
     return action, (project, segments[2]), old
 
 
-def nics_of(snapshot: InstanceSnapshot) -> list[Nic]:
-    return [Nic(n.device, n.config, n.host_name) for n in snapshot.nics]
-
-
 class Daemon:
     def __init__(
         self,
@@ -79,7 +75,7 @@ class Daemon:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
         self._state_lock = threading.Lock()
-        self._applied: dict[Key, list[Nic]] = {}
+        self._applied: dict[Key, Sequence[Nic]] = {}
         self._queued: set[Key] = set()
         self._again: set[Key] = set()
         self._stop = threading.Event()
@@ -136,11 +132,11 @@ class Daemon:
                 raise
         lifecycle = Lifecycle(self.engine(), source="daemon")
         with self._state_lock:
-            previous = self._applied.get(key, [])
+            previous = self._applied.get(key, ())
         running = snapshot is not None and snapshot.status == "Running" and self._is_local(snapshot)
         if running:
             assert snapshot is not None
-            nics = nics_of(snapshot)
+            nics = snapshot.nics
             out = lifecycle.start(project, name, nics, previous=previous)
             with self._state_lock:
                 self._applied[key] = nics
@@ -148,7 +144,7 @@ class Daemon:
                 for line in result.changes:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
             return
-        gone = previous or (nics_of(snapshot) if snapshot is not None else [])
+        gone = previous or (snapshot.nics if snapshot is not None else ())
         if gone:
             out = lifecycle.stop(project, name, gone, forget=snapshot is None)
             for result in out.nics:

@@ -327,11 +327,3 @@ class Engine:
             if not dry_run:
                 self.apply(dp)
         return dp
-
-
-def tables_of(routes: Iterable[KernelRoute]) -> dict[int, set[int]]:
-    """family -> tables holding any of ``routes`` (for status)."""
-    out: dict[int, set[int]] = {}
-    for kr in routes:
-        out.setdefault(kr.route.family, set()).add(kr.route.table)
-    return out

@@ -13,7 +13,7 @@ import syslog
 import time
 
 from .engine import Engine
-from .lifecycle import Lifecycle, Nic, Outcome
+from .lifecycle import Lifecycle, Outcome
 from .lxcconf import LxcConfError, lxc_log_path, parse_lxc_name, routed_nics_for_hook
 
 log = logging.getLogger("incus-host-tables")
@@ -26,7 +26,7 @@ def run_hook(engine: Engine, hook: str, lxc_name: str, lxc_config_file: str) -> 
     project, name = parse_lxc_name(lxc_name)
     lifecycle = Lifecycle(engine, source=f"hook {hook}")
     try:
-        nics = [Nic(n.device, n.config, n.host_name) for n in routed_nics_for_hook(lxc_config_file)]
+        nics = routed_nics_for_hook(lxc_config_file)
     except (OSError, LxcConfError) as err:
         out = Outcome(project, name, hook, error=f"cannot read the instance's config: {err}")
         if hook in START_HOOKS:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device
@@ -26,13 +27,16 @@ from .netlink.kernel import ApplyError
 log = logging.getLogger("incus-host-tables")
 
 
-@dataclass(frozen=True)
-class Nic:
-    """A routed NIC as lifecycle needs it, wherever it was read from."""
+class Nic(Protocol):
+    """A routed NIC as lifecycle needs it, wherever it was read from: a
+    pylxd snapshot (incus.NicSnapshot) or the hook's files (lxcconf.HookNic)."""
 
-    device: str
-    config: Mapping[str, str]
-    host_name: str | None
+    @property
+    def device(self) -> str: ...
+    @property
+    def config(self) -> Mapping[str, str]: ...
+    @property
+    def host_name(self) -> str | None: ...
 
 
 @dataclass
