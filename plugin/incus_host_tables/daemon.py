@@ -133,7 +133,10 @@ class Daemon:
         lifecycle = Lifecycle(self.engine(), source="daemon")
         with self._state_lock:
             previous = self._applied.get(key, ())
-        running = snapshot is not None and snapshot.status == "Running" and self._is_local(snapshot)
+        local = snapshot is not None and self._is_local(snapshot)
+        if snapshot is not None and not local and not previous:
+            return  # another member's instance, never ours: nothing to do here
+        running = local and snapshot is not None and snapshot.status == "Running"
         if running:
             assert snapshot is not None
             nics = snapshot.nics
@@ -199,6 +202,9 @@ class Daemon:
                 continue
             self._events_client = client
             try:
+                # Which member we are must be known before any event counts:
+                # otherwise every member's instances would look local.
+                self.member = client.server_name()
                 client.subscribe(self.on_event, self._on_connected)
                 if not self._stop.is_set():
                     log.warning("event stream ended; reconnecting")

@@ -102,3 +102,15 @@ def test_bursts_for_one_instance_coalesce() -> None:
     (fn, key), _ = daemon._pool.submit.call_args
     fn(key)
     assert calls == [("default", "c1"), ("default", "c1")]
+
+
+def test_another_members_instance_is_left_alone() -> None:
+    """A snapshot located elsewhere, never applied here: no cleanup either
+    (its NICs live in another member's kernel)."""
+    daemon = Daemon(rule_priority=1100, connect=MagicMock())
+    daemon.member = "m1"
+    engine = MagicMock()
+    daemon._local.engine = engine
+    snapshot = MagicMock(status="Running", location="m2", nics=(MagicMock(),))
+    daemon.sync(("default", "c1"), snapshot)
+    assert engine.method_calls == []
