@@ -134,8 +134,12 @@ def storm(lab: IncusLab, daemon: PluginDaemon, count: int) -> dict[str, Any]:
 
 
 def run(starts: int, sizes: list[int]) -> dict[str, Any]:
-    run_dir = tempfile.mkdtemp(prefix="iht-bench-run-")
-    os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir  # incusd's hooks inherit it
+    with tempfile.TemporaryDirectory(prefix="iht-bench-run-") as run_dir:
+        os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir
+        return _run(run_dir, starts, sizes)
+
+
+def _run(run_dir: str, starts: int, sizes: list[int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with IncusLab("ihtbl") as lab, PluginDaemon(lab, run_dir) as daemon:
         results["hook"] = hook_cost(lab, run_dir, starts)

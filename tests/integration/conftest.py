@@ -50,8 +50,9 @@ PLUGIN_PROTO = "158"
 def plugin_run_dir() -> Iterator[str]:
     """The plugin's private run dir (locks, hook socket, problems).
 
-    Autouse and session-scoped, so it is set up before the `lab` fixture
-    starts incusd: incusd, and so every LXC hook it runs, inherits it.
+    Autouse and session-scoped, so it is set before anything runs: the
+    daemon and the CLI read it, and `enable` writes it into the hook command
+    (LXC does not pass incusd's environment on to hooks).
     """
     path = tempfile.mkdtemp(prefix="iht-run-")
     old = os.environ.get("INCUS_HOST_TABLES_RUN_DIR")

@@ -44,8 +44,13 @@ def _pings(lab: IncusLab, clients: dict[str, Client]) -> None:
 
 
 def main() -> int:
-    run_dir = tempfile.mkdtemp(prefix="iht-run-")
-    os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir  # incusd, and so its hooks, inherit it
+    with tempfile.TemporaryDirectory(prefix="iht-run-") as run_dir:
+        # The plugin's locks, hook socket and problem records, private to the demo.
+        os.environ["INCUS_HOST_TABLES_RUN_DIR"] = run_dir
+        return _demo(run_dir)
+
+
+def _demo(run_dir: str) -> int:
     with IncusLab("ihtdemo") as lab:
         print(
             f"Incus lab up in namespace {lab.netns} "
