@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from incus_host_tables.lab import IncusLab
+from incus_host_tables.lab import IncusLab, until
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -37,7 +37,6 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -140,16 +139,7 @@ class PluginLab:
         config = self.lab.query(f"/1.0/instances/{name}?project={project}")["config"]
         return str(config[f"volatile.{device}.host_name"])
 
-    @staticmethod
-    def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Poll ``check`` until true or ``timeout`` seconds pass (bounded)."""
-        end = time.monotonic() + timeout
-        while True:
-            if check():
-                return True
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.05)
+    until = staticmethod(until)
 
 
 @pytest.fixture

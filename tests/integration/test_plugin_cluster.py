@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from incus_host_tables.lab import until as lab_until
 from incus_host_tables.lab.cluster import ClusterMember, IncusCluster
 from incus_host_tables.lab.plugin import PluginDaemon, run_cli
 
@@ -56,13 +57,7 @@ def routed(addr4: str, tables: str) -> dict[str, str]:
 
 
 def until(check: Callable[[], bool], timeout: float = CONVERGE) -> bool:
-    end = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.05)
+    return lab_until(check, timeout)
 
 
 def entries(m: ClusterMember, addr: str) -> list[dict[str, Any]]:

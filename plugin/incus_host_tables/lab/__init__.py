@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from .image import ImageError, build_busybox_image, find_static_busybox
@@ -40,6 +40,7 @@ __all__ = [
     "LabCommandError",
     "LabError",
     "build_busybox_image",
+    "until",
 ]
 
 INCUSD = "/usr/libexec/incus/incusd"
@@ -113,6 +114,17 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> None:
             time.sleep(0.1)
 
 
+def until(check: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` seconds pass (bounded)."""
+    end = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
+
+
 class Client:
     """A network namespace standing for a host that talks to H's instances."""
 
@@ -161,12 +173,7 @@ class Client:
 
     def ping_within(self, addr: str, seconds: float = 5.0) -> bool:
         """Ping until one answer or ``seconds`` pass (IPv6 DAD, neighbour setup)."""
-        end = time.monotonic() + seconds
-        while True:
-            if self.ping(addr):
-                return True
-            if time.monotonic() >= end:
-                return False
+        return until(lambda: self.ping(addr), seconds, interval=0)
 
 
 class IncusLab:
@@ -290,12 +297,15 @@ class IncusLab:
         self.incusd_pid = self._read_pidfile(pidfile)
         self._wait_ready()
         self.timings["incusd_ready"] = time.monotonic() - t0
+        self._initialize()
+        self.timings["start"] = time.monotonic() - t0
 
+    def _initialize(self) -> None:
+        """What a fresh standalone incusd needs: pool, root disk, image."""
         self.incus("storage", "create", "default", "dir")
         self.incus("profile", "device", "add", "default", "root", "disk", "path=/", "pool=default")
         tarball = build_busybox_image(self.workdir, busybox=self._busybox)
         self.incus("image", "import", tarball, "--alias", self.image, timeout=120)
-        self.timings["start"] = time.monotonic() - t0
 
     def _read_pidfile(self, path: str) -> int:
         assert self._proc is not None

@@ -26,12 +26,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _REAPER, IncusLab, LabError, _run, build_busybox_image
+from . import IncusLab, LabError, _run, build_busybox_image
 
 __all__ = ["ClusterMember", "IncusCluster"]
 
@@ -55,51 +54,8 @@ class ClusterMember(IncusLab):
     def __repr__(self) -> str:
         return f"ClusterMember({self.member!r}, netns={self.netns!r}, address={self.address!r})"
 
-    def _start(self) -> None:
-        # IncusLab._start up to "incusd ready", without pool, profile and image.
-        t0 = time.monotonic()
-        self._check_prerequisites()
-        atexit.register(self.stop)
-        self.workdir = tempfile.mkdtemp(prefix=f"{self.name}-")
-        os.chmod(self.workdir, 0o711)
-        self.incus_dir = os.path.join(self.workdir, "incus")
-        os.mkdir(self.incus_dir, 0o711)
-        os.mkdir(os.path.join(self.workdir, "client"), 0o700)
-        self.socket_path = os.path.join(self.incus_dir, "unix.socket")
-        self.log_path = os.path.join(self.workdir, "incusd.log")
-
-        self._add_netns(self.netns)
-        self.ns_run(
-            "sh",
-            "-c",
-            "echo 1 > /proc/sys/net/ipv4/ip_forward"
-            " && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-        )
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        pidfile = os.path.join(self.workdir, "incusd.pid")
-        self._proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                sys.executable,
-                "-I",
-                _REAPER,
-                pidfile,
-                self.incusd,
-                "--group",
-                "root",
-            ],
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.incusd_pid = self._read_pidfile(pidfile)
-        self._wait_ready()
-        self.timings["incusd_ready"] = time.monotonic() - t0
+    def _initialize(self) -> None:
+        """Nothing: the pool, profile and image come with the cluster."""
 
     def _stop_incusd(self) -> None:
         # `incus admin shutdown` of a cluster member waits ~30 s (handover);
