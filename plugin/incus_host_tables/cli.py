@@ -9,24 +9,24 @@ import os
 import sys
 from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_INVALID = 1  # invalid configuration: every problem listed, nothing changed
-EXIT_USAGE = 2
-EXIT_APPLY_FAILED = 3  # the kernel refused a change; everything was rolled back
-EXIT_UNDO_FAILED = 4  # ... and not everything could be undone
-EXIT_ENVIRONMENT = 5  # interface missing, no permission, Incus unreachable
+from .exitcodes import ExitCode
+
+EXIT_OK = ExitCode.OK
+EXIT_INVALID = ExitCode.INVALID
+EXIT_USAGE = ExitCode.USAGE
+EXIT_APPLY_FAILED = ExitCode.APPLY_FAILED
+EXIT_UNDO_FAILED = ExitCode.UNDO_FAILED
+EXIT_ENVIRONMENT = ExitCode.ENVIRONMENT
 
 
 def _rule_priority(text: str) -> int:
+    from .numbers import NumberError, parse_decimal
+
+    # 32766 is the main table's own rule: ours must come before it.
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rule priority {text!r} is not a number") from None
-    if not 1 <= value <= 32765:
-        raise argparse.ArgumentTypeError(
-            f"rule priority {value} must be in 1-32765 (before the main table's rule)"
-        )
-    return value
+        return parse_decimal("rule priority", text, 1, 32765)
+    except NumberError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -12,12 +12,13 @@ from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
 from .desired import FAMILY_OF, desired_routes, rules_for_routes
 from .engine import RTPROT_KERNEL, Engine
+from .exitcodes import ExitCode
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
 from .model import LOCAL_TABLE, Rule
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1
+EXIT_OK = ExitCode.OK
+EXIT_PROBLEM = ExitCode.INVALID
 
 
 def select(
