@@ -7,9 +7,14 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
+from . import streams
 from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from .config import TableSettings
 
 EXIT_OK = ExitCode.OK
 EXIT_INVALID = ExitCode.INVALID
@@ -19,14 +24,73 @@ EXIT_UNDO_FAILED = ExitCode.UNDO_FAILED
 EXIT_ENVIRONMENT = ExitCode.ENVIRONMENT
 
 
-def _rule_priority(text: str) -> int:
-    from .numbers import NumberError, parse_decimal
+RULE_PRIORITY_ENV = "INCUS_HOST_TABLES_RULE_PRIORITY"
+RP_TABLE_ENV = "INCUS_HOST_TABLES_RP_TABLE"
+
+
+class UsageError(Exception):
+    """A bad option value found after parsing (an environment variable)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other error; `--help` shows the usage.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_rule_priority(what: str, text: str) -> int:
+    from .numbers import parse_decimal
 
     # 32766 is the main table's own rule: ours must come before it.
+    return parse_decimal(what, text, 1, 32765)
+
+
+def parse_rp_table(what: str, text: str) -> int:
+    from .config import MAX_TABLE
+    from .model import DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
+    from .numbers import NumberError, parse_decimal
+
+    table = parse_decimal(what, text, 1, MAX_TABLE)
+    if table in (DEFAULT_TABLE, MAIN_TABLE, LOCAL_TABLE):
+        raise NumberError(f"{what} {text!r} is one of the kernel's own tables (253-255)")
+    return table
+
+
+def _option(parse: Callable[[str, str], int], what: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        from .numbers import NumberError
+
+        try:
+            return parse(what, text)
+        except NumberError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def _from_env(value: int | None, parse: Callable[[str, str], int], env: str, default: int) -> int:
+    """The option's value, else the environment variable's, else the default."""
+    from .numbers import NumberError
+
+    if value is not None:
+        return value
+    text = os.environ.get(env)
+    if text is None:
+        return default
     try:
-        return parse_decimal("rule priority", text, 1, 32765)
+        return parse(f"${env}", text)
     except NumberError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise UsageError(str(err)) from None
+
+
+def _host_name(text: str) -> str:
+    from .config import is_interface_name
+
+    if not is_interface_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an interface name (1-15 bytes, no '/', ':' or whitespace)"
+        )
+    return text
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -38,18 +102,24 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .desired import DEFAULT_RULE_PRIORITY
+    from .formats import FORMAT_NAMES
+    from .model import DEFAULT_RP_TABLE
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incus-host-tables",
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
     parser.add_argument(
         "--rule-priority",
-        type=_rule_priority,
-        # A string default goes through type= too: a bad value is a usage error.
-        default=os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY)),
-        help="preference of the plugin's policy rules "
-        f"(default {DEFAULT_RULE_PRIORITY}, or $INCUS_HOST_TABLES_RULE_PRIORITY)",
+        type=_option(parse_rule_priority, "--rule-priority"),
+        help="preference of the plugin's policy rules, 1-32765 "
+        f"(default {DEFAULT_RULE_PRIORITY}, or ${RULE_PRIORITY_ENV})",
+    )
+    parser.add_argument(
+        "--rp-table",
+        type=_option(parse_rp_table, "--rp-table"),
+        help="the plugin's reverse-path table, refused as a chosen table "
+        f"(default {DEFAULT_RP_TABLE}, or ${RP_TABLE_ENV})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -61,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("cleanup", "remove the device's routes and rules from every table"),
     ):
         p = dsub.add_parser(action, help=text, description=text)
-        p.add_argument("--host-name", required=True, help="host-side interface (vethXXXX)")
+        p.add_argument(
+            "--host-name", required=True, type=_host_name, help="host-side interface (vethXXXX)"
+        )
         p.add_argument(
             "--full",
             action="store_true",
@@ -79,24 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     def instance_parser(name: str, text: str, *, target: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         if target == "one":
-            p.add_argument("instance")
-        elif target == "optional":
-            p.add_argument("instance", nargs="?")
-        p.add_argument("--project", default="default")
-        if target != "one":
+            p.add_argument("instance", nargs=1)
+        else:
+            p.add_argument(
+                "instance", nargs="*", help="default: every local instance of the project"
+            )
             p.add_argument("--all-projects", action="store_true")
+        p.add_argument("--project", default="default")
         p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        p.add_argument(
+            "--format",
+            choices=FORMAT_NAMES,
+            default="table",
+            help="table (default, for people), json, yaml or csv",
+        )
         return p
 
-    instance_parser("validate", "list every problem of an instance's routed NICs", target="one")
-    instance_parser("plan", "print what apply would change; change nothing", target="one")
+    instance_parser("validate", "list every problem and warning of routed NICs", target="many")
+    instance_parser("plan", "print what apply would change; change nothing", target="many")
     instance_parser("apply", "converge an instance's host routes and rules", target="one")
     instance_parser("cleanup", "remove an instance's host routes and rules", target="one")
-    instance_parser("reconcile", "converge every local instance; resync rules", target="all")
-    st = instance_parser(
-        "status", "show host tables per instance, device, family", target="optional"
+    rec = instance_parser("reconcile", "converge every local instance; resync rules", target="many")
+    rec.add_argument(
+        "--dry-run", action="store_true", help="print what would change; change nothing"
     )
-    st.add_argument("--format", choices=("table", "json"), default="table")
+    st = instance_parser("status", "show host tables per instance, device, family", target="many")
+    st.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if any instance has drift, an error, an isolation or a warning",
+    )
 
     for name, text in (
         ("enable", "attach the LXC hooks to a profile (raw.lxc)"),
@@ -112,8 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--verbose", action="store_true")
 
     hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
-    hook.add_argument("type", help="LXC hook type (start-host, post-stop)")
+    hook.add_argument("type", help="LXC hook type (start-host, post-stop, stop)")
     return parser
+
+
+def _table_settings(args: argparse.Namespace) -> TableSettings:
+    from .lifecycle import host_table_settings
+
+    return host_table_settings(args.rp_table)
 
 
 def _device(args: argparse.Namespace) -> int:
@@ -128,7 +218,7 @@ def _device(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         config[key] = value
     try:
-        intent = parse_device(config)
+        intent = parse_device(config, _table_settings(args))
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -173,15 +263,24 @@ def _hook(args: argparse.Namespace) -> int:
     import logging
 
     from .engine import Engine
-    from .hookrun import run_hook
+    from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
 
     logging.basicConfig(format="incus-host-tables: %(message)s", level=logging.WARNING)
     hook = args.type or os.environ.get("LXC_HOOK_TYPE", "")
+    if hook not in START_HOOKS + STOP_HOOKS:
+        known = ", ".join(START_HOOKS + STOP_HOOKS)
+        print(f"incus-host-tables: unsupported hook type {hook!r} ({known})", file=sys.stderr)
+        return EXIT_USAGE
+    lxc_name = os.environ.get("LXC_NAME", "")
+    if not lxc_name:
+        print(
+            "incus-host-tables: LXC_NAME is not set: `hook` runs as an LXC hook only",
+            file=sys.stderr,
+        )
+        return EXIT_ENVIRONMENT
     engine = Engine(rule_priority=args.rule_priority)
     try:
-        out = run_hook(
-            engine, hook, os.environ.get("LXC_NAME", ""), os.environ.get("LXC_CONFIG_FILE", "")
-        )
+        out = run_hook(engine, hook, lxc_name, os.environ.get("LXC_CONFIG_FILE", ""))
     finally:
         engine.close()
     if not out.ok:
@@ -200,8 +299,10 @@ def _watch(args: argparse.Namespace) -> int:
 def _instances(args: argparse.Namespace) -> int:
     from . import commands, rawlxc
     from .engine import Engine
+    from .formats import Format
     from .incus import IncusClient, IncusError
     from .locking import run_dir
+    from .rttables import SystemTableNames
 
     try:
         client = IncusClient(args.socket)
@@ -222,19 +323,28 @@ def _instances(args: argparse.Namespace) -> int:
             print(f"hooks {state} profile {args.profile}" + ("" if new != raw else " (unchanged)"))
             return EXIT_OK
         snapshots = commands.select(
-            client,
-            getattr(args, "instance", None),
-            args.project,
-            getattr(args, "all_projects", False),
+            client, args.instance, args.project, getattr(args, "all_projects", False)
         )
+        fmt = Format(args.format)
+        tables = _table_settings(args)
         if args.command == "validate":
-            return commands.validate(snapshots)
+            return commands.validate(snapshots, tables, fmt)
         engine = Engine(rule_priority=args.rule_priority)
         try:
             if args.command == "status":
-                commands.print_status(commands.status(engine, snapshots), args.format)
+                rows = commands.status(engine, snapshots, tables, SystemTableNames())
+                commands.print_status(rows, fmt)
+                if args.check and not all(row.fine for row in rows):
+                    return EXIT_INVALID
                 return EXIT_OK
-            return commands.act(engine, snapshots, args.command)
+            return commands.act(
+                engine,
+                snapshots,
+                args.command,
+                tables=tables,
+                dry_run=getattr(args, "dry_run", False),
+                fmt=fmt,
+            )
         finally:
             engine.close()
     except IncusError as err:
@@ -244,9 +354,14 @@ def _instances(args: argparse.Namespace) -> int:
         client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    from .desired import DEFAULT_RULE_PRIORITY
+    from .model import DEFAULT_RP_TABLE
+
+    args.rule_priority = _from_env(
+        args.rule_priority, parse_rule_priority, RULE_PRIORITY_ENV, DEFAULT_RULE_PRIORITY
+    )
+    args.rp_table = _from_env(args.rp_table, parse_rp_table, RP_TABLE_ENV, DEFAULT_RP_TABLE)
     if args.command == "device":
         return _device(args)
     if args.command == "hook":
@@ -254,8 +369,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "watch":
         return _watch(args)
     return _instances(args)
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    streams.keep_quiet_when_closed()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as err:
+        # The run directory, netlink, a socket: the environment, not the input.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

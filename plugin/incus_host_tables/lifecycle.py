@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import problems
-from .config import ConfigError, DeviceIntent, parse_device
+from .config import ConfigError, DeviceIntent, TableSettings, parse_device
 from .engine import Engine, InterfaceMissing
 from .locking import run_dir
 from .netlink.kernel import ApplyError
+from .rttables import SystemTableNames
 
 log = logging.getLogger("incus-host-tables")
 
@@ -75,17 +76,31 @@ def instance_lock(project: str, name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _intent_or_none(config: Mapping[str, str]) -> DeviceIntent | None:
-    try:
-        return parse_device(config)
-    except ConfigError:
-        return None
+def host_table_settings(rp_table: int | None = None) -> TableSettings:
+    """What table values mean on this host: iproute2's names, read when a
+    key holds one, and the RP table."""
+    if rp_table is None:
+        return TableSettings(names=SystemTableNames())
+    return TableSettings(names=SystemTableNames(), rp_table=rp_table)
 
 
 class Lifecycle:
-    def __init__(self, engine: Engine, *, source: str = "cli") -> None:
+    def __init__(
+        self, engine: Engine, *, source: str = "cli", tables: TableSettings | None = None
+    ) -> None:
         self.engine = engine
         self.source = source
+        # Names are resolved when applied: a fresh lookup per Lifecycle.
+        self.tables = tables if tables is not None else host_table_settings()
+
+    def parse(self, config: Mapping[str, str]) -> DeviceIntent:
+        return parse_device(config, self.tables)
+
+    def _intent_or_none(self, config: Mapping[str, str]) -> DeviceIntent | None:
+        try:
+            return self.parse(config)
+        except ConfigError:
+            return None
 
     def start(
         self,
@@ -117,7 +132,7 @@ class Lifecycle:
             result = NicResult(nic.device, nic.host_name)
             out.nics.append(result)
             try:
-                intent = parse_device(nic.config)
+                intent = self.parse(nic.config)
             except ConfigError as err:
                 result.error = str(err)
                 problems_found.extend(f"device {nic.device}: {p}" for p in err.problems)
@@ -139,9 +154,9 @@ class Lifecycle:
         for old in previous:
             if old.host_name is not None and old.host_name not in current:
                 dp = (
-                    self.engine.plan_cleanup(old.host_name, _intent_or_none(old.config))
+                    self.engine.plan_cleanup(old.host_name, self._intent_or_none(old.config))
                     if dry_run
-                    else self.engine.cleanup(old.host_name, _intent_or_none(old.config))
+                    else self.engine.cleanup(old.host_name, self._intent_or_none(old.config))
                 )
                 out.nics.append(NicResult(old.device, old.host_name, dp.lines()))
 
@@ -166,7 +181,7 @@ class Lifecycle:
         problems.record(out.project, out.name, message, self.source)
         for nic in nics:
             try:
-                self.engine.cleanup(nic.host_name, _intent_or_none(nic.config))
+                self.engine.cleanup(nic.host_name, self._intent_or_none(nic.config))
             except (ApplyError, OSError) as err:  # keep isolating the others
                 log.error(
                     "%s/%s device %s: isolation failed: %s", out.project, out.name, nic.device, err
@@ -192,14 +207,16 @@ class Lifecycle:
                 out.nics.append(result)
                 try:
                     if dry_run:
-                        dp = self.engine.plan_cleanup(nic.host_name, _intent_or_none(nic.config))
+                        dp = self.engine.plan_cleanup(
+                            nic.host_name, self._intent_or_none(nic.config)
+                        )
                     else:
-                        dp = self.engine.cleanup(nic.host_name, _intent_or_none(nic.config))
+                        dp = self.engine.cleanup(nic.host_name, self._intent_or_none(nic.config))
                     result.changes = dp.lines()
                 except ApplyError as err:
                     result.error = str(err)
                     out.error = f"device {nic.device}: {err}"
-            if not dry_run and any(_intent_or_none(n.config) is None for n in nics):
+            if not dry_run and any(self._intent_or_none(n.config) is None for n in nics):
                 # Which rules such a NIC needed is unknown: resync them all.
                 self.engine.resync_rules()
             if not dry_run and forget:
