@@ -297,6 +297,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _instances(args: argparse.Namespace) -> int:
+    import logging
+
     from . import commands, rawlxc
     from .engine import Engine
     from .formats import Format
@@ -304,6 +306,9 @@ def _instances(args: argparse.Namespace) -> int:
     from .locking import run_dir
     from .rttables import SystemTableNames
 
+    # The commands print every warning and error themselves; the lifecycle's
+    # log lines are for the daemon's and the hooks' logs.
+    logging.getLogger("incus-host-tables").addHandler(logging.NullHandler())
     try:
         client = IncusClient(args.socket)
     except IncusError as err:
