@@ -35,6 +35,16 @@ def cli(
     )
 
 
+def apply_in(
+    ns: NetNS, env: Mapping[str, str], as_user: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`device apply` of CONFIG on vh0 inside ``ns``, with ``env`` added."""
+    argv = ["ip", "netns", "exec", ns.name, *(as_user or []), *cli_argv("apply", "vh0", CONFIG)]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+    )
+
+
 def one_line(text: str) -> str:
     lines = text.splitlines()
     assert len(lines) == 1, text
@@ -125,14 +135,7 @@ def test_unusable_run_directory_is_an_environment_error(
         run_dir = tmp_path / "ro"
         run_dir.mkdir(mode=0o500)
         (run_dir / "lock").mkdir()  # even root cannot open a directory for writing
-    argv = ["ip", "netns", "exec", host.name, *cli_argv("apply", "vh0", CONFIG)]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(run_dir)},
-    )
+    proc = apply_in(host, {"INCUS_HOST_TABLES_RUN_DIR": str(run_dir)})
     assert proc.returncode == 5, proc.stderr
     assert one_line(proc.stderr).startswith("error: ")
     assert host.state() == before
@@ -159,27 +162,14 @@ def test_permission_denied_is_an_environment_error(host: NetNS, tmp_path: Path) 
     run_dir.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chown(run_dir, 65534, 65534)
-    argv = ["ip", "netns", "exec", host.name, *NOBODY, *cli_argv("apply", "vh0", CONFIG)]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(run_dir)},
-    )
+    proc = apply_in(host, {"INCUS_HOST_TABLES_RUN_DIR": str(run_dir)}, NOBODY)
     assert proc.returncode == 5, proc.stderr
     assert one_line(proc.stderr).startswith("error: ")
     assert host.state() == before
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(private / "run")},
-    )
+    proc = apply_in(host, {"INCUS_HOST_TABLES_RUN_DIR": str(private / "run")}, NOBODY)
     assert proc.returncode == 5, proc.stderr
     assert "Permission denied" in one_line(proc.stderr)
     assert host.state() == before
@@ -202,10 +192,7 @@ def test_numbers_are_ascii_decimal_only(host: NetNS, option: str, env: str, valu
     before = host.state()
 
     by_option = run_cli(host, "apply", "vh0", CONFIG, option, value)
-    argv = ["ip", "netns", "exec", host.name, *cli_argv("apply", "vh0", CONFIG)]
-    by_env = subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, env={**os.environ, env: value}
-    )
+    by_env = apply_in(host, {env: value})
 
     for proc, name in ((by_option, option), (by_env, f"${env}")):
         assert proc.returncode == 2, proc.stderr
