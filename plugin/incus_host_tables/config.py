@@ -128,6 +128,10 @@ def _parse_table(key: str, raw: str, item: str, kind: KeyKind, settings: TableSe
         table, shown = found, f"{item!r} ({found})"
     else:
         hi = MAX_NATIVE_TABLE if kind is KeyKind.NATIVE else MAX_TABLE
+        if kind is not KeyKind.USER and _DECIMAL.fullmatch(item):
+            # Incus parses its own keys with strconv.ParseUint: leading zeros
+            # are accepted there, so they are here (with a warning).
+            item = item.lstrip("0") or "0"
         try:
             table = parse_decimal("table", item, 0, hi)
         except NumberError as err:
@@ -186,7 +190,7 @@ def _parse_legacy(
     keeps it there (with a warning) instead of being refused at its next
     start."""
     item = raw.strip(" \t")
-    if item == "0":
+    if _DECIMAL.fullmatch(item) and not item.strip("0"):
         return (MAIN_TABLE,), (
             f"{key}={raw!r}: table 0 is main to the kernel, so the routes stay in main "
             f"({MAIN_TABLE}); write {MAIN_TABLE}, or the table meant"
@@ -194,6 +198,19 @@ def _parse_legacy(
     tables = (_parse_table(key, raw, item, KeyKind.LEGACY, settings),)
     _default_needs_main(key, raw, tables)
     return tables, None
+
+
+def _leading_zeros(key: str, raw: str | None) -> list[str]:
+    """A warning for IDs with leading zeros in a key Incus validates (it
+    reads them as decimal; the plugin follows, but asks for the plain form)."""
+    if raw is None:
+        return []
+    items = [item.strip(" \t") for item in raw.split(",")]
+    odd = [i for i in items if _DECIMAL.fullmatch(i) and len(i) > 1 and i.startswith("0")]
+    if not odd:
+        return []
+    plain = ",".join(i.lstrip("0") or "0" if i in odd else i for i in items)
+    return [f"{key}={raw!r}: leading zeros are read as Incus reads them; write {plain!r}"]
 
 
 def _resolve(
@@ -236,6 +253,9 @@ def _resolve(
         del problems[before_legacy:]
     if problems:
         raise ConfigError(problems)
+    warnings += _leading_zeros(native_key, native_raw) if native is not None else []
+    if legacy is not None and native_raw is None and user_raw is None:
+        warnings += _leading_zeros(legacy_key, legacy_raw)
 
     if native is not None and user is not None and native != user:
         raise ConfigError(

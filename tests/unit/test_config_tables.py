@@ -97,6 +97,34 @@ def test_rp_table_comes_from_the_host_setting() -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("key", "value", "tables", "plain"),
+    [
+        ("{f}.host_table", "0100", (100,), "'100'"),
+        ("{f}.host_table", "01001", (1001,), "'1001'"),
+        ("{f}.host_tables", "0100, 200", (100, 200), "'100,200'"),
+    ],
+)
+def test_incus_keys_take_leading_zeros_as_incus_does(
+    family: Family, key: str, value: str, tables: tuple[int, ...], plain: str
+) -> None:
+    """Incus reads its own keys with strconv.ParseUint: ``0100`` is 100."""
+    key = key.format(f=family)
+    intent = parse_device({key: value})
+    assert getattr(intent, family).tables == tables
+    (warning,) = intent.warnings
+    assert f"{key}={value!r}" in warning and f"write {plain}" in warning
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("value", ["0100", "00", "010,20"])
+def test_user_keys_refuse_leading_zeros(family: Family, value: str) -> None:
+    key = f"user.{family}.host_tables"
+    (problem,) = problems_of({key: value})
+    assert f"{key}={value!r}" in problem
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_legacy_zero_keeps_main_with_a_warning(family: Family) -> None:
     """Incus files table 0 into main, so such an instance works today: it
     keeps its routes in main rather than being refused."""
