@@ -133,6 +133,7 @@ def act(
     lifecycle = Lifecycle(engine, source=f"cli {action}", tables=tables)
     rc = EXIT_OK
     records: list[Record] = []
+    added_rules: set[str] = set()
     for snap in snapshots:
         nics = snap.nics
         if action == "cleanup" or snap.status != "Running":
@@ -142,6 +143,11 @@ def act(
         found = _outcome_records(out, engine, lifecycle)
         if dry_run and not out.ok:
             found += _isolation_records(out, snap, engine, lifecycle)
+        if dry_run:
+            # Each instance is planned against the unchanged kernel, so a
+            # rule that several need shows in each plan; the real run adds
+            # it once, for the first.
+            found = [r for r in found if not _repeated_rule(r, added_rules)]
         if fmt is Format.TABLE:
             _print_records(found)  # as it happens: a long run shows progress
         records += found
@@ -160,6 +166,15 @@ def act(
     else:
         _emit(records, fmt, lambda: None)
     return rc
+
+
+def _repeated_rule(record: Record, added: set[str]) -> bool:
+    if record.kind is not RecordKind.CHANGE or not record.text.startswith("+ rule "):
+        return False
+    if record.text in added:
+        return True
+    added.add(record.text)
+    return False
 
 
 def _print_records(records: list[Record]) -> None:

@@ -149,6 +149,8 @@ def apply_preview(
 def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> None:
     legacy, plain, near = "roll-legacy", "roll-plain", "roll-near"
     plug.launch(legacy, devices={"eth0": routed(181, **{"ipv4.host_table": "1001"})})
+    # a second instance in table 1001: the rule they share shows once
+    plug.launch("roll-legacy2", devices={"eth0": routed(186, **{"ipv4.host_table": "1001"})})
     plug.launch(plain, devices={"eth0": routed(182)})
     plug.launch(near, devices={"eth0": routed(183, **{"user.ipv4.host_table": "100"})})
     # Incus alone: the legacy table and main, the others in main.
@@ -172,6 +174,10 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
         in preview.stdout.splitlines()
     )
     assert "user.ipv4.host_table='100' is not a key incus-host-tables reads" in preview.stderr
+    rule_lines = [line for line in preview.stdout.splitlines() if "+ rule" in line]
+    assert rule_lines == [
+        f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1001 suppress_prefixlength 31"
+    ]
     expected = apply_preview(preview.stdout, *before)
 
     enable = plug.cli("reconcile", "--all-projects")
