@@ -114,6 +114,7 @@ def apply_preview(
     routes, rules = set(routes), set(rules)
     for line in preview.splitlines():
         text = line.split(": ", 1)[1] if ": " in line else line
+        text = text.removeprefix("isolate: ")
         if m := _ROUTE_LINE.match(text):
             sign, dst, dev, table = m.groups()
             fam, dst = ("6" if ":" in dst else "4"), _host(dst)
@@ -151,6 +152,9 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
     plug.launch(legacy, devices={"eth0": routed(181, **{"ipv4.host_table": "1001"})})
     # a second instance in table 1001: the rule they share shows once
     plug.launch("roll-legacy2", devices={"eth0": routed(186, **{"ipv4.host_table": "1001"})})
+    # an invalid config (the RP table chosen): enabling isolates it
+    bad = "roll-bad"
+    plug.launch(bad, devices={"eth0": routed(187, **{"user.ipv4.host_tables": "1158"})})
     plug.launch(plain, devices={"eth0": routed(182)})
     plug.launch(near, devices={"eth0": routed(183, **{"user.ipv4.host_table": "100"})})
     # Incus alone: the legacy table and main, the others in main.
@@ -163,7 +167,7 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
         f"$ incus-host-tables reconcile --all-projects --dry-run\n{preview.stdout}{preview.stderr}"
     )
 
-    assert preview.returncode == 0, preview.stderr
+    assert preview.returncode == 1, preview.stderr  # the invalid instance
     after_preview = kernel_state(plug)
     assert after_preview == before, (
         f"the preview changed the kernel: {sym_diff(before, after_preview)}"
@@ -174,6 +178,12 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
         in preview.stdout.splitlines()
     )
     assert "user.ipv4.host_table='100' is not a key incus-host-tables reads" in preview.stderr
+    bad_if = plug.host_name(bad)
+    assert f"error: default/{bad}: invalid configuration: device eth0: " in preview.stderr
+    assert [line for line in preview.stdout.splitlines() if bad in line] == [
+        f"default/{bad} eth0: isolate: - route 198.51.100.187/32 dev {bad_if} table 254",
+        f"default/{bad} eth0: isolate: - route 2001:db8:187::1/128 dev {bad_if} table 254",
+    ]
     rule_lines = [line for line in preview.stdout.splitlines() if "+ rule" in line]
     assert rule_lines == [
         f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1001 suppress_prefixlength 31"
@@ -182,15 +192,19 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
 
     enable = plug.cli("reconcile", "--all-projects")
 
-    assert enable.returncode == 0, enable.stderr
-    assert enable.stdout == preview.stdout
+    assert enable.returncode == 1, enable.stderr  # the invalid instance, isolated
+    assert enable.stdout.splitlines() == [
+        line for line in preview.stdout.splitlines() if "isolate:" not in line
+    ]
     after = kernel_state(plug)
     assert after == expected, sym_diff(expected, after)
     assert plug.tables("198.51.100.181") == {"1001"}
     assert plug.tables("2001:db8:181::1") == {"main"}
     assert plug.tables("198.51.100.182") == {"main"}
+    assert plug.tables("198.51.100.187") == set()  # isolated
     again = plug.cli("reconcile", "--all-projects", "--dry-run")
     assert again.stdout == "no changes\n", again.stdout
+    plug.lab.incus("delete", "--force", bad)
 
     # status --check: the near-miss key is a warning, so not all is fine...
     check = plug.cli("status", "--check")
