@@ -264,6 +264,7 @@ def _hook(args: argparse.Namespace) -> int:
 
     from .engine import Engine
     from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
+    from .lxcconf import LxcConfError, parse_lxc_name
 
     logging.basicConfig(format="incus-host-tables: %(message)s", level=logging.WARNING)
     hook = args.type or os.environ.get("LXC_HOOK_TYPE", "")
@@ -277,6 +278,11 @@ def _hook(args: argparse.Namespace) -> int:
             "incus-host-tables: LXC_NAME is not set: `hook` runs as an LXC hook only",
             file=sys.stderr,
         )
+        return EXIT_ENVIRONMENT
+    try:
+        parse_lxc_name(lxc_name)
+    except LxcConfError as err:
+        print(f"incus-host-tables: LXC_NAME: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     engine = Engine(rule_priority=args.rule_priority)
     try:

@@ -113,10 +113,17 @@ def test_hook_with_unknown_type_is_a_usage_error() -> None:
     assert "unsupported hook type 'bogus'" in one_line(proc.stderr)
 
 
-def test_hook_without_lxc_name_is_an_environment_error() -> None:
-    proc = cli("hook", "start-host", env={"LXC_NAME": "", "LXC_CONFIG_FILE": ""})
-    assert proc.returncode == 5
-    assert "LXC_NAME is not set" in one_line(proc.stderr)
+@pytest.mark.parametrize(
+    ("lxc_name", "message"),
+    [("", "LXC_NAME is not set"), ("p1_", "malformed LXC container name"), ("_c1", "malformed")],
+)
+def test_hook_without_a_usable_lxc_name_is_an_environment_error(
+    lxc_name: str, message: str
+) -> None:
+    for hook in ("start-host", "post-stop"):
+        proc = cli("hook", hook, env={"LXC_NAME": lxc_name, "LXC_CONFIG_FILE": ""})
+        assert proc.returncode == 5
+        assert message in one_line(proc.stderr)
 
 
 @pytest.mark.parametrize("kind", ["a-file", "not-creatable", "not-writable"])
