@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _table_settings(args: argparse.Namespace) -> TableSettings:
-    from .lifecycle import host_table_settings
+    from .rttables import host_table_settings
 
     return host_table_settings(args.rp_table)
 

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -24,6 +21,11 @@ FORMAT_NAMES = tuple(f.value for f in Format)
 def render(records: Sequence[Mapping[str, Any]], fmt: Format, fields: Sequence[str]) -> str:
     """``records`` as JSON or YAML (nested values kept), or CSV (a header of
     ``fields``, lists joined by ``,``). Ends with a newline."""
+    # Imported here: `device` and the hooks build the parser, never print these.
+    import csv
+    import io
+    import json
+
     if fmt is Format.JSON:
         return json.dumps(list(records), indent=2) + "\n"
     if fmt is Format.YAML:

@@ -23,7 +23,7 @@ from .config import ConfigError, DeviceIntent, TableSettings, parse_device
 from .engine import Engine, InterfaceMissing
 from .locking import run_dir
 from .netlink.kernel import ApplyError
-from .rttables import SystemTableNames
+from .rttables import host_table_settings
 
 log = logging.getLogger("incus-host-tables")
 
@@ -74,14 +74,6 @@ def instance_lock(project: str, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def host_table_settings(rp_table: int | None = None) -> TableSettings:
-    """What table values mean on this host: iproute2's names, read when a
-    key holds one, and the RP table."""
-    if rp_table is None:
-        return TableSettings(names=SystemTableNames())
-    return TableSettings(names=SystemTableNames(), rp_table=rp_table)
 
 
 class Lifecycle:

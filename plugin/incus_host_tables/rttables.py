@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .config import TableSettings
+
 ETC_DIR = "/etc/iproute2"
 USR_DIR = "/usr/share/iproute2"
 BUILTIN: tuple[tuple[int, str], ...] = ((253, "default"), (254, "main"), (255, "local"))
@@ -136,3 +138,11 @@ class SystemTableNames:
 
     def name_of(self, table: int) -> str | None:
         return self._loaded().name_of(table)
+
+
+def host_table_settings(rp_table: int | None = None) -> TableSettings:
+    """What table values mean on this host: its iproute2 names, read when a
+    key holds one, and the RP table (default when None)."""
+    if rp_table is None:
+        return TableSettings(names=SystemTableNames())
+    return TableSettings(names=SystemTableNames(), rp_table=rp_table)
