@@ -88,7 +88,7 @@ def validate(snapshots: list[InstanceSnapshot], tables: TableSettings, fmt: Form
     return EXIT_PROBLEM if errors else EXIT_OK
 
 
-def _outcome_records(out: Outcome, engine: Engine, lifecycle: Lifecycle) -> list[Record]:
+def _outcome_records(out: Outcome) -> list[Record]:
     who = f"{out.project}/{out.name}"
     records: list[Record] = []
     for result in out.nics:
@@ -140,7 +140,7 @@ def act(
             out = lifecycle.stop(snap.project, snap.name, nics, dry_run=dry_run)
         else:
             out = lifecycle.start(snap.project, snap.name, nics, dry_run=dry_run)
-        found = _outcome_records(out, engine, lifecycle)
+        found = _outcome_records(out)
         if dry_run and not out.ok:
             found += _isolation_records(out, snap, engine, lifecycle)
         if dry_run:
