@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
             "beyond 20 routes of a kind)",
         )
         p.add_argument(
+            "--format",
+            choices=FORMAT_NAMES,
+            default="table",
+            help="table (default: one line per change), json, yaml or csv",
+        )
+        p.add_argument(
             "config",
             nargs="*",
             type=_key_value,
@@ -223,8 +229,9 @@ def _device(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    for warning in intent.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if args.format == "table":
+        for warning in intent.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
     try:
         engine = Engine(rule_priority=args.rule_priority)
@@ -251,6 +258,16 @@ def _device(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     lines = dp.lines() if args.full else dp.summary()
+    if args.format != "table":
+        from .formats import Format, render
+
+        records = [
+            {"interface": args.host_name, "kind": kind, "text": text}
+            for kind, texts in (("warning", intent.warnings), ("change", lines))
+            for text in texts
+        ]
+        sys.stdout.write(render(records, Format(args.format), ("interface", "kind", "text")))
+        return EXIT_OK
     if args.action == "plan" and not lines:
         lines = ["no changes"]
     if lines:

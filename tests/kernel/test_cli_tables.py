@@ -6,6 +6,7 @@ process only."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -151,3 +152,25 @@ def test_reserved_tables_are_refused(
     (line,) = proc.stderr.splitlines()
     assert f"user.ipv4.host_tables={value!r}" in line and reason in line
     assert host.state() == before
+
+
+def test_device_plan_as_json(host: NetNS) -> None:
+    config = {"ipv4.address": V4, "user.ipv4.host_tables": "1001", "user.IPv4.host_tables": "7"}
+    proc = run_cli(
+        host,
+        "plan",
+        "vh0",
+        config,
+    )
+    assert proc.returncode == 0
+    table_lines = proc.stdout.splitlines()
+
+    proc = run_cli(
+        host, "plan", "vh0", [*(f"{k}={v}" for k, v in config.items()), "--format", "json"]
+    )
+
+    assert proc.returncode == 0 and proc.stderr == ""
+    records = json.loads(proc.stdout)
+    assert [r["text"] for r in records if r["kind"] == "change"] == table_lines
+    (warning,) = [r for r in records if r["kind"] == "warning"]
+    assert warning["interface"] == "vh0" and "user.IPv4.host_tables='7'" in warning["text"]
