@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from incus_host_tables.lab import until as lab_until
-from incus_host_tables.lab.cluster import ClusterMember, IncusCluster
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli
+from lab import until as lab_until
+from lab.cluster import ClusterMember, IncusCluster
+from lab.plugin import PluginDaemon, run_cli
 
 pytestmark = pytest.mark.integration
 

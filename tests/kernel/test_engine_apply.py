@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 
 from incus_host_tables.engine import Engine
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent
+from .helpers import incus_routes, intent
 
 pytestmark = pytest.mark.kernel
 
