@@ -1,6 +1,7 @@
-"""Isolation with real packets (lab notes §5): each table choice reaches
-exactly the clients of the routing domains it names, and an instance whose
-config turns invalid is removed from every table."""
+"""Isolation with real packets (docs/incus-behaviour.md, "The reverse-path
+trap"): each table choice reaches exactly the clients of the routing domains
+it names, and an instance whose config turns invalid is removed from every
+table."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def test_reachability_matrix(
         plug.entries(a6),
     )
     for label, client in clients.items():
+        # A client that reaches nothing would pass every "must not reach":
+        # each first reaches its gateway in H.
+        assert client.ping_within(client.gateway4, 5), f"{label}: no link to H"
+        assert client.ping_within(client.gateway6, 5), f"{label}: no IPv6 link to H"
         for addr in (a4, a6):
             if label in reach:
                 assert client.ping_within(addr, 5), f"{label} must reach {addr}"
