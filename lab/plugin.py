@@ -75,6 +75,11 @@ class PluginDaemon:
         return self.log().count(text) >= count
 
     @property
+    def running(self) -> bool:
+        """True while the daemon process runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int:
         if self._proc is None:
             raise LabError("daemon not started")

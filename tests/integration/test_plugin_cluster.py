@@ -137,7 +137,10 @@ def test_only_the_local_daemon_acts(
     rows = status(local, daemons[here], name)
     assert [r["state"] for r in rows] == ["ok"], rows
 
-    # The other member: nothing for it, and no attempt at it.
+    # The other member: nothing for it, and no attempt at it -- by a daemon
+    # that is alive and watching (it acts on its own member's instances in
+    # the other parametrization and in test_stop_event_reaches_only_its_member).
+    assert daemons[there].running, daemons[there].log()
     assert entries(remote, addr) == []
     assert rules(remote) == set(), rules(remote)
     assert status(remote, daemons[there], name) == []
