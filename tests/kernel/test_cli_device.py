@@ -154,7 +154,7 @@ def test_rule_priority_option(started: NetNS) -> None:
     ]
     bad = run_cli(started, "apply", "vh0", CONFIG, "--rule-priority", "32766")
     assert bad.returncode == 2
-    assert "must be in 1-32765" in bad.stderr
+    assert "rule priority '32766' is out of range 1-32765" in bad.stderr
 
 
 def test_without_cap_net_admin_apply_is_an_environment_error(started: NetNS) -> None:
