@@ -105,7 +105,9 @@ class IncusLab:
         """True while incusd (its reaper wrapper) runs."""
         return self._proc is not None and self._proc.poll() is None
 
-    def _check_prerequisites(self) -> None:
+    def missing(self) -> list[str]:
+        """What this machine lacks for the lab, one problem each (empty when
+        it can start). A lab for another daemon overrides this."""
         problems = []
         if os.geteuid() != 0:
             problems.append("must run as root (network namespaces, incusd)")
@@ -115,11 +117,10 @@ class IncusLab:
             if shutil.which(tool) is None:
                 problems.append(f"`{tool}` not on PATH (scripts/install-deps)")
         try:
-            self.busybox = find_static_busybox()
+            find_static_busybox()
         except ImageError as e:
             problems.append(str(e))
-        if problems:
-            raise LabError("Incus lab prerequisites missing: " + "; ".join(problems))
+        return problems
 
     def start(self) -> None:
         """Namespace, incusd, and for a standalone lab the storage pool, root
@@ -136,7 +137,10 @@ class IncusLab:
 
     def _start(self) -> None:
         t0 = time.monotonic()
-        self._check_prerequisites()
+        problems = self.missing()
+        if problems:
+            raise LabError(f"{type(self).__name__} prerequisites missing: " + "; ".join(problems))
+        self.busybox = find_static_busybox()
         atexit.register(self.stop)
         self.workdir = tempfile.mkdtemp(prefix=f"{self.name}-")
         # The container's root (a shifted uid) must traverse down to its rootfs.
