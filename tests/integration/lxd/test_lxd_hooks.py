@@ -55,8 +55,12 @@ def protocol158(plug: PluginLab) -> list[str]:
     found = []
     for fam in ("-4", "-6"):
         for what in (("route", "show", "table", "all"), ("rule", "show")):
-            out = plug.lab.ns_run("ip", fam, *what, "proto", "158").stdout
-            found += [line for line in out.splitlines() if line.strip()]
+            out = plug.lab.ns_run("ip", "-j", fam, *what).stdout
+            found += [
+                json.dumps(item, sort_keys=True)
+                for item in json.loads(out or "[]")
+                if str(item.get("protocol")) == "158"
+            ]
     return found
 
 
