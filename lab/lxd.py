@@ -22,8 +22,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from incus_host_tables.lab import IncusLab, LabError
-from incus_host_tables.lab.image import ImageError, find_static_busybox
+from .incus import IncusLab
 
 __all__ = ["LXD", "LXD_CLIENT", "LxdLab"]
 
@@ -42,22 +41,21 @@ class LxdLab(IncusLab):
     def __init__(self, prefix: str = "ihl", *, lxd: str = LXD, ready_timeout: float = 30.0) -> None:
         super().__init__(prefix, incusd=lxd, ready_timeout=ready_timeout)
 
-    def _check_prerequisites(self) -> None:
-        problems = []
+    def missing(self) -> list[str]:
+        """The Incus lab's needs, with LXD's daemon, client and nftables in
+        place of incusd and the ``incus`` client."""
+        problems = [
+            p
+            for p in super().missing()
+            if not p.startswith((self.incusd, "`incus`", "must run as root"))
+        ]
         if os.geteuid() != 0:
-            problems.append("must run as root (network namespaces, lxd)")
+            problems.insert(0, "must run as root (network namespaces, lxd)")
         if not os.access(self.incusd, os.X_OK) or shutil.which(LXD_CLIENT) is None:
             problems.append(f"{self.incusd} or `{LXD_CLIENT}` missing (scripts/install-lxd)")
         if shutil.which("nft") is None:
             problems.append("`nft` missing: LXD needs nftables for routed NICs")
-        if shutil.which("ip") is None:
-            problems.append("`ip` not on PATH (scripts/install-deps)")
-        try:
-            self._busybox = find_static_busybox()
-        except ImageError as e:
-            problems.append(str(e))
-        if problems:
-            raise LabError("LXD lab prerequisites missing: " + "; ".join(problems))
+        return problems
 
     def env(self) -> dict[str, str]:
         """Environment for tools talking to this LXD (``LXD_DIR``, ``LXD_CONF``).

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+
 from lab.lxd import LxdLab
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab.plugin import PluginDaemon
+from lab.plugin import PluginDaemon
 
 if TYPE_CHECKING:
     from conftest import PluginLab

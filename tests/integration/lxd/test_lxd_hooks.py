@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab import IncusLab
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli
+from lab import IncusLab
+from lab.plugin import PluginDaemon, run_cli
 
 if TYPE_CHECKING:
     from conftest import PluginLab
