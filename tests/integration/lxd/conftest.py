@@ -11,7 +11,6 @@ where LXD may be installed).
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,13 +18,14 @@ import pytest
 from lab.lxd import LxdLab
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    sys.exit(128 + signum)
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    # As for the Incus lab: like ^C, so every teardown runs and LXD is removed.
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LxdLab]:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     with LxdLab("ihl") as the_lab:
         yield the_lab
