@@ -333,6 +333,13 @@ def _instances(args: argparse.Namespace) -> int:
     # log lines are for the daemon's and the hooks' logs.
     logging.getLogger("incus-host-tables").addHandler(logging.NullHandler())
     try:
+        if args.command == "enable":
+            from .snap import enable_refusal
+
+            refusal = enable_refusal(args.socket)
+            if refusal is not None:
+                print(f"error: {refusal}", file=sys.stderr)
+                return EXIT_ENVIRONMENT
         client = IncusClient(args.socket)
     except IncusError as err:
         print(f"error: {err}", file=sys.stderr)
