@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
-from .desired import FAMILY_OF, desired_routes, rules_for_routes
+from .desired import FAMILY_OF
 from .engine import RTPROT_KERNEL, Engine
 from .exitcodes import ExitCode
 from .incus import IncusClient, InstanceSnapshot
@@ -129,9 +129,7 @@ def _device_status(
     except ConfigError as err:
         intent = None
         row.state, row.detail = "error", str(err)
-    ifindex = engine.nl.ifindex(host_name) if host_name else None
-    present = engine.link_routes(ifindex) if ifindex is not None else []
-    desired = desired_routes(intent) if intent is not None else []
+    ifindex, present = engine.interface_routes(host_name) if host_name else (None, [])
     for name, family in FAMILY_OF.items():
         fam = getattr(intent, name) if intent is not None else None
         addresses = [str(a) for a in fam.addresses] if fam is not None else []
@@ -146,7 +144,7 @@ def _device_status(
                 and kr.protocol != RTPROT_KERNEL
             }
         )
-        need = rules_for_routes([r for r in desired if r.family == family], engine.rule_priority)
+        need = engine.rules_needed(intent, family) if intent is not None else set()
         rule_state = (
             "n/a" if not need or ifindex is None else ("ok" if need <= rules else "missing")
         )

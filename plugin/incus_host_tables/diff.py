@@ -19,6 +19,10 @@ class Plan:
     route_adopt: list[KernelRoute] = field(default_factory=list)
     route_delete: list[KernelRoute] = field(default_factory=list)
     rule_delete: list[KernelRule] = field(default_factory=list)
+    # Rules of the old scheme that a new reverse-path rule must come before
+    # (the kernel appends a rule after those of equal preference): deleted
+    # and added again, last.
+    rule_move: list[KernelRule] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -27,6 +31,7 @@ class Plan:
             or self.route_adopt
             or self.route_delete
             or self.rule_delete
+            or self.rule_move
         )
 
     def count(self) -> int:
@@ -36,6 +41,7 @@ class Plan:
             + len(self.route_adopt)
             + len(self.route_delete)
             + len(self.rule_delete)
+            + 2 * len(self.rule_move)
         )
 
 
@@ -109,6 +115,22 @@ def diff_rules(
     add = sorted(desired - have, key=rule_sort_key)
     delete = [kr for kr in present if kr.rule not in desired and may_delete(kr.rule)]
     return add, delete
+
+
+def rules_to_move(
+    added: Iterable[Rule], present: Iterable[KernelRule], deleted: Iterable[KernelRule]
+) -> list[KernelRule]:
+    """The present plugin rules, other than those ``deleted``, that share a
+    family and preference with an ``added`` rule: the added one would land
+    after them, and a stale rule for a strict table ahead of it ends the
+    lookup before it (see ``Plan.rule_move``)."""
+    slots = {(r.family, r.priority) for r in added}
+    if not slots:
+        return []
+    gone = {kr.rule for kr in deleted}
+    return [
+        kr for kr in present if (kr.rule.family, kr.rule.priority) in slots and kr.rule not in gone
+    ]
 
 
 def rule_sort_key(rule: Rule) -> tuple[int, int, bytes, int, int]:

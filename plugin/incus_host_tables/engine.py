@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
-from .config import DeviceIntent
+from .config import ConfigError, DeviceIntent
 from .desired import (
+    DEFAULT_RP_TABLE,
     DEFAULT_RULE_PRIORITY,
     desired_routes,
     instance_prefixes,
@@ -22,11 +23,12 @@ from .desired import (
     rules_for_intent,
     rules_for_routes,
 )
-from .diff import Plan, diff_routes, diff_rules, rule_sort_key
+from .diff import Plan, diff_routes, diff_rules, rule_sort_key, rules_to_move
 from .locking import host_lock
 from .model import (
     AF_INET,
     AF_INET6,
+    MAIN_TABLE,
     KernelRoute,
     KernelRule,
     Route,
@@ -75,6 +77,8 @@ class DevicePlan:
             ChangeRun("adopt-route", p.route_adopt),
             ChangeRun("del-route", p.route_delete),
             ChangeRun("del-rule", p.rule_delete),
+            ChangeRun("del-rule", p.rule_move),
+            ChangeRun("add-rule", [kr.rule for kr in p.rule_move]),
         ]
 
     def lines(self) -> list[str]:
@@ -82,6 +86,7 @@ class DevicePlan:
         out = [f"+ rule {describe_rule(r)}" for r in p.rule_add]
         out += self._add_lines() + self._adopt_lines() + self._delete_lines()
         out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
+        out += [f"~ rule {describe_rule(kr.rule)} (moved after the new rule)" for kr in p.rule_move]
         return out
 
     def summary(self, limit: int = 20) -> list[str]:
@@ -102,6 +107,7 @@ class DevicePlan:
             per_table = ", ".join(f"table {t}: {n}" for t, n in sorted(tables.items()))
             out.append(f"{sign} {len(routes)} routes to {what} on {dev} ({per_table})")
         out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
+        out += [f"~ rule {describe_rule(kr.rule)} (moved after the new rule)" for kr in p.rule_move]
         return out
 
     def _add_lines(self) -> list[str]:
@@ -132,11 +138,41 @@ def _routes_of(kernel_routes: Iterable[KernelRoute]) -> Iterator[Route]:
 
 
 def _rule_serves(rule: Rule, route: Route) -> bool:
+    """Does a lookup through ``rule`` find ``route``? (The reverse-path rule
+    serves its whole table; the old scheme's rules only host routes, or one
+    prefix.)"""
     if route.family != rule.family or route.table != rule.table:
         return False
-    if rule.dst is None:
-        return route.is_host
-    return route.dst == rule.dst and route.prefixlen == rule.prefixlen
+    if rule.dst is not None:
+        return route.dst == rule.dst and route.prefixlen == rule.prefixlen
+    if rule.suppress_prefixlength is not None:
+        return route.prefixlen > rule.suppress_prefixlength
+    return True
+
+
+def stale_rules_to_delete(
+    present: Iterable[KernelRule], wanted: set[Rule], routes: Iterable[KernelRoute], rp_table: int
+) -> list[KernelRule]:
+    """The plugin rules that are not ``wanted`` and may go now. A rule of an
+    older scheme (per-table, per-prefix) stays while it still serves a plugin
+    route that has no copy in the reverse-path table yet: an instance not yet
+    reconciled keeps a working reverse path until it is."""
+    stale = [kr for kr in present if kr.rule not in wanted]
+    if not stale:
+        return []
+    routes = list(routes)
+    copied = {
+        (kr.route.family, kr.route.dst, kr.route.prefixlen, kr.oif)
+        for kr in routes
+        if kr.route.table == rp_table
+    }
+    uncopied = [
+        kr.route
+        for kr in routes
+        if kr.route.table not in (rp_table, MAIN_TABLE)
+        and (kr.route.family, kr.route.dst, kr.route.prefixlen, kr.oif) not in copied
+    ]
+    return [kr for kr in stale if not any(_rule_serves(kr.rule, r) for r in uncopied)]
 
 
 class Engine:
@@ -146,10 +182,12 @@ class Engine:
         *,
         protocol: int = PROTOCOL,
         rule_priority: int = DEFAULT_RULE_PRIORITY,
+        rp_table: int = DEFAULT_RP_TABLE,
     ) -> None:
         self.nl = netlink or Netlink()
         self.protocol = protocol
         self.rule_priority = rule_priority
+        self.rp_table = rp_table
 
     def close(self) -> None:
         self.nl.close()
@@ -164,6 +202,17 @@ class Engine:
 
     def link_routes(self, ifindex: int) -> list[KernelRoute]:
         return self.nl.link_routes(ifindex)
+
+    def interface_routes(self, ifname: str) -> tuple[int | None, list[KernelRoute]]:
+        """(index, every route on it) of a host interface; (None, []) when
+        it does not exist."""
+        ifindex = self.nl.ifindex(ifname)
+        return ifindex, self.link_routes(ifindex) if ifindex is not None else []
+
+    def rules_needed(self, intent: DeviceIntent, family: int | None = None) -> set[Rule]:
+        """The plugin rules ``intent`` needs (of ``family`` only, when given)."""
+        rules = rules_for_intent(intent, self.rule_priority, self.rp_table)
+        return {r for r in rules if family is None or r.family == family}
 
     def plugin_rules(self) -> list[KernelRule]:
         return [kr for fam in FAMILIES for kr in self.nl.rules(fam, protocol=self.protocol)]
@@ -208,10 +257,23 @@ class Engine:
         with gc_paused():
             return self._plan_device(ifname, intent)
 
+    def intent_problems(self, intent: DeviceIntent) -> list[str]:
+        """What makes ``intent`` unusable on this host (beyond what the
+        config alone shows): choosing the reverse-path table."""
+        return [
+            f"{fam.family}: table {self.rp_table} is the plugin's reverse-path table "
+            "(--rp-table); it cannot be chosen"
+            for fam in intent.families()
+            if self.rp_table in fam.tables
+        ]
+
     def _plan_device(self, ifname: str, intent: DeviceIntent) -> DevicePlan:
+        problems = self.intent_problems(intent)
+        if problems:
+            raise ConfigError(problems)
         ifindex = self._ifindex(ifname)
         present = self.link_routes(ifindex)
-        desired = desired_routes(intent)
+        desired = desired_routes(intent, self.rp_table)
         add, adopt, delete = diff_routes(
             desired,
             present,
@@ -219,9 +281,11 @@ class Engine:
             owned_prefixes=instance_prefixes(intent),
             prunable=lambda table: prunable_table(intent, table),
         )
-        needed = rules_for_routes(desired, self.rule_priority)
+        needed = rules_for_routes(desired, self.rule_priority, self.rp_table)
         before = rules_for_routes(
-            [kr.route for kr in present if kr.protocol == self.protocol], self.rule_priority
+            [kr.route for kr in present if kr.protocol == self.protocol],
+            self.rule_priority,
+            self.rp_table,
         )
         plan = Plan(route_add=add, route_adopt=adopt, route_delete=delete)
         self._plan_rules(plan, needed, before - needed, ifindex)
@@ -245,7 +309,11 @@ class Engine:
         # The rules a cleanup releases are at least those of the intent's
         # tables: whether another interface still needs them is read together
         # with the device's own routes (two dumps at a time: routes_many).
-        guessed = rules_for_intent(intent, self.rule_priority) if intent is not None else set()
+        guessed = (
+            rules_for_intent(intent, self.rule_priority, self.rp_table)
+            if intent is not None
+            else set()
+        )
         groups = list(dict.fromkeys((r.family, r.table) for r in guessed))
         queries = [self._others_query(family, table, ifindex) for family, table in groups]
         if ifindex is not None:
@@ -270,19 +338,25 @@ class Engine:
             [], present, protocol=self.protocol, owned_prefixes=owned, prunable=lambda t: True
         )
         # And the intent's: its tables as configured cover an interface already gone.
-        released = rules_for_routes(list(map(_ROUTE, delete)), self.rule_priority) | guessed
+        released = (
+            rules_for_routes(list(map(_ROUTE, delete)), self.rule_priority, self.rp_table) | guessed
+        )
         plan = Plan(route_delete=delete)
         self._plan_rules(plan, set(), released, ifindex, known)
         return DevicePlan(ifname, ifindex, plan)
 
     def plan_rules_resync(self) -> DevicePlan:
-        """Full resync of the plugin's rules from the plugin's routes."""
-        routes = [
-            kr.route for fam in FAMILIES for kr in self.nl.routes(fam, protocol=self.protocol)
-        ]
-        desired = rules_for_routes(routes, self.rule_priority)
-        add, delete = diff_rules(desired, self.plugin_rules(), may_delete=lambda r: True)
-        return DevicePlan(None, None, Plan(rule_add=add, rule_delete=delete))
+        """Full resync of the plugin's rules from the plugin's routes: the
+        reverse-path rule of each family whose reverse-path table holds a
+        plugin route, and no other (see ``stale_rules_to_delete``)."""
+        routes = [kr for fam in FAMILIES for kr in self.nl.routes(fam, protocol=self.protocol)]
+        desired = rules_for_routes(map(_ROUTE, routes), self.rule_priority, self.rp_table)
+        present = self.plugin_rules()
+        deletable = stale_rules_to_delete(present, desired, routes, self.rp_table)
+        add, delete = diff_rules(desired, present, may_delete=lambda r: True)
+        delete = [kr for kr in delete if kr in deletable]
+        move = rules_to_move(add, present, delete)
+        return DevicePlan(None, None, Plan(rule_add=add, rule_delete=delete, rule_move=move))
 
     def _plan_rules(
         self,
@@ -298,6 +372,7 @@ class Engine:
         candidates = [kr for kr in present if kr.rule in released]
         held = self._held_elsewhere_of([kr.rule for kr in candidates], ifindex, known)
         plan.rule_delete = [kr for kr in candidates if kr.rule not in held]
+        plan.rule_move = rules_to_move(plan.rule_add, present, plan.rule_delete)
 
     # -- applying ------------------------------------------------------------
 

@@ -122,6 +122,11 @@ class Lifecycle:
                 result.error = str(err)
                 problems_found.extend(f"device {nic.device}: {p}" for p in err.problems)
                 continue
+            refused = self.engine.intent_problems(intent)
+            if refused:
+                result.error = "; ".join(refused)
+                problems_found.extend(f"device {nic.device}: {p}" for p in refused)
+                continue
             result.warnings.extend(intent.warnings)
             for warning in intent.warnings:
                 log.warning("%s/%s device %s: %s", project, name, nic.device, warning)
