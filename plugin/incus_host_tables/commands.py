@@ -134,13 +134,14 @@ def _device_status(
         fam = getattr(intent, name) if intent is not None else None
         addresses = [str(a) for a in fam.addresses] if fam is not None else []
         # With an unreadable config every non-kernel route on the interface
-        # counts: that is what isolation removes.
+        # counts: that is what isolation removes. The reverse-path table is
+        # the plugin's own (RULES tells about it; a missing copy is drift).
         actual = sorted(
             {
                 kr.route.table
                 for kr in present
                 if kr.route.family == family
-                and kr.route.table != LOCAL_TABLE
+                and kr.route.table not in (LOCAL_TABLE, engine.rp_table)
                 and kr.protocol != RTPROT_KERNEL
             }
         )

@@ -60,8 +60,17 @@ def until(check: Callable[[], bool], timeout: float = CONVERGE) -> bool:
     return lab_until(check, timeout)
 
 
+RP_TABLE = "1158"  # the plugin's reverse-path table
+RP_RULE = (RP_TABLE, "None")  # its rule, as rules() reports it
+
+
 def entries(m: ClusterMember, addr: str) -> list[dict[str, Any]]:
-    return m.route_entries(addr)
+    """The member's routes to exactly ``addr``, the reverse-path table aside."""
+    return [r for r in m.route_entries(addr) if r["table"] != RP_TABLE]
+
+
+def rp_entries(m: ClusterMember, addr: str) -> list[dict[str, Any]]:
+    return [r for r in m.route_entries(addr) if r["table"] == RP_TABLE]
 
 
 def rules(m: ClusterMember) -> set[tuple[str, str]]:
@@ -133,12 +142,13 @@ def test_only_the_local_daemon_acts(
     local, remote = cluster[here], cluster[there]
 
     assert until(lambda: only_in_table(local, addr, table)), entries(local, addr)
-    assert until(lambda: (table, "31") in rules(local)), rules(local)
+    assert until(lambda: rules(local) == {RP_RULE}), rules(local)
+    assert len(rp_entries(local, addr)) == 1, rp_entries(local, addr)
     rows = status(local, daemons[here], name)
     assert [r["state"] for r in rows] == ["ok"], rows
 
     # The other member: nothing for it, and no attempt at it.
-    assert entries(remote, addr) == []
+    assert entries(remote, addr) == rp_entries(remote, addr) == []
     assert rules(remote) == set(), rules(remote)
     assert status(remote, daemons[there], name) == []
     assert mentions(daemons[there], name) == [], daemons[there].log()
@@ -154,8 +164,8 @@ def test_stop_event_reaches_only_its_member(
     instances("c-ev2", "m2", a2, "100")
     instances("c-ev1", "m1", a1, "200")
     m1, m2 = cluster["m1"], cluster["m2"]
-    assert until(lambda: only_in_table(m2, a2, "100") and ("100", "31") in rules(m2))
-    assert until(lambda: only_in_table(m1, a1, "200") and ("200", "31") in rules(m1))
+    assert until(lambda: only_in_table(m2, a2, "100") and rules(m2) == {RP_RULE})
+    assert until(lambda: only_in_table(m1, a1, "200") and rules(m1) == {RP_RULE})
     m1_log = daemons["m1"].log()
 
     # Asked through m1: the event still comes from m2 (location m2).
@@ -167,6 +177,6 @@ def test_stop_event_reaches_only_its_member(
     # m1 unaffected: its own instance's route and rule stay, nothing logged.
     time.sleep(0.5)  # give a wrongly acting m1 daemon the chance to show it
     assert only_in_table(m1, a1, "200"), entries(m1, a1)
-    assert rules(m1) == {("200", "31")}, rules(m1)
+    assert rules(m1) == {RP_RULE}, rules(m1)
     assert entries(m1, a2) == []
     assert daemons["m1"].log()[len(m1_log) :].count("c-ev2") == 0, daemons["m1"].log()

@@ -1,6 +1,8 @@
-"""Isolation with real packets (lab notes §5): each table choice reaches
-exactly the clients of the routing domains it names, and an instance whose
-config turns invalid is removed from every table."""
+"""Isolation with real packets (docs/configuration.md, "Reverse path"): each
+table choice reaches exactly the clients of the routing domains it names,
+with strict (VRF-style) tables too, the host's own traffic still goes by
+main, and an instance whose config turns invalid is removed from every
+table."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab import Client, IncusLab
+from incus_host_tables.lab import Client, IncusLab, find_static_busybox
 from incus_host_tables.lab.plugin import PluginDaemon
 
 if TYPE_CHECKING:
@@ -39,8 +41,10 @@ def clients(lab: IncusLab) -> Iterator[dict[str, Client]]:
         (171, "100", {"t100"}),
         (172, "100,200", {"t100", "t200"}),
         (173, "254,100", {"main", "t100"}),
+        (175, "200", {"t200"}),
+        (176, "254", {"main"}),
     ],
-    ids=["t100", "t100+t200", "main+t100"],
+    ids=["t100", "t100+t200", "main+t100", "t200", "main"],
 )
 def test_reachability_matrix(
     plug: PluginLab,
@@ -66,12 +70,69 @@ def test_reachability_matrix(
         plug.entries(a4),
         plug.entries(a6),
     )
+    # A table other than main: one copy in the reverse-path table, and its rule.
+    copies = 0 if want == {"main"} else 1
+    assert len(plug.rp_entries(a4)) == len(plug.rp_entries(a6)) == copies
+    assert plug.rules() == (plug.RP_RULES if copies else set())
     for label, client in clients.items():
         for addr in (a4, a6):
             if label in reach:
                 assert client.ping_within(addr, 5), f"{label} must reach {addr}"
             else:
                 assert not client.ping(addr), f"{label} must not reach {addr}"
+
+
+def host_pings(plug: PluginLab, addr: str) -> bool:
+    """H's own traffic (input interface lo) reaches ``addr``."""
+    family = "-6" if ":" in addr else "-4"
+    ping = [find_static_busybox(), "ping", family, "-q", "-c", "1", "-W", "1", addr]
+    proc = plug.lab.ns_run(*ping, check=False, timeout=10)
+    return proc.returncode == 0
+
+
+def test_strict_tables_each_instance_in_one_domain(
+    plug: PluginLab, daemon: PluginDaemon, clients: dict[str, Client]
+) -> None:
+    """One instance only in table 100, another only in 200, both strict
+    tables: each answers its own domain and no other, and the host itself
+    still reaches main's destinations (the per-table rule of earlier
+    versions stopped every lookup from lo at a strict table's unreachable
+    default)."""
+    addresses = {"t100": ("198.51.100.177", "2001:db8:177::1"),
+                 "t200": ("198.51.100.178", "2001:db8:178::1")}  # fmt: skip
+    for n, (label, (a4, a6)) in zip((177, 178), addresses.items(), strict=True):
+        table = label[1:]
+        nic = {
+            "type": "nic",
+            "nictype": "routed",
+            "name": "eth0",
+            "ipv4.address": a4,
+            "ipv6.address": a6,
+            "user.ipv4.host_tables": table,
+            "user.ipv6.host_tables": table,
+        }
+        plug.launch(f"iso{n}", devices={"eth0": nic})
+    assert plug.until(
+        lambda: all(
+            plug.tables(addr) == {label[1:]} and len(plug.rp_entries(addr)) == 1
+            for label, pair in addresses.items()
+            for addr in pair
+        )
+    ), {addr: plug.lab.route_entries(addr) for pair in addresses.values() for addr in pair}
+    assert plug.rules() == plug.RP_RULES
+
+    for owner, pair in addresses.items():
+        for addr in pair:
+            for label, client in clients.items():
+                if label == owner:
+                    assert client.ping_within(addr, 5), f"{label} must reach {addr}"
+                else:
+                    assert not client.ping(addr), f"{label} must not reach {addr}"
+    main = clients["main"]
+    for addr, uplink in ((main.address4, main.host_ifname), (main.address6, main.host_ifname)):
+        got = plug.lab.ns_run("ip", "route", "get", addr).stdout
+        assert f"dev {uplink}" in got and "table" not in got, got
+        assert host_pings(plug, addr), f"H must reach {addr} through main"
 
 
 def test_invalid_live_change_isolates_running_instance(
