@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
 from .desired import FAMILY_OF
-from .engine import RTPROT_KERNEL, Engine
+from .engine import Engine
 from .exitcodes import ExitCode
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
@@ -133,16 +133,16 @@ def _device_status(
     for name, family in FAMILY_OF.items():
         fam = getattr(intent, name) if intent is not None else None
         addresses = [str(a) for a in fam.addresses] if fam is not None else []
-        # With an unreadable config every non-kernel route on the interface
-        # counts: that is what isolation removes. The reverse-path table is
-        # the plugin's own (RULES tells about it; a missing copy is drift).
+        # The instance's routes as the ownership policy sees them (ours, or
+        # Incus's): what isolation removes. The reverse-path table is the
+        # plugin's own (RULES tells about it; a missing copy is drift).
         actual = sorted(
             {
                 kr.route.table
                 for kr in present
                 if kr.route.family == family
                 and kr.route.table not in (LOCAL_TABLE, engine.rp_table)
-                and kr.protocol != RTPROT_KERNEL
+                and engine.policy.instance_route(kr)
             }
         )
         need = engine.rules_needed(intent, family) if intent is not None else set()
