@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -262,13 +262,20 @@ class Engine:
             facts = self.device_facts(ifname, intent)
             return DevicePlan(ifname, facts.ifindex, plan_device(intent, facts, self.settings))
 
-    def plan_cleanup(self, ifname: str | None, intent: DeviceIntent | None) -> DevicePlan:
+    def plan_cleanup(
+        self,
+        ifname: str | None,
+        intent: DeviceIntent | None,
+        *,
+        families: Collection[int] | None = None,
+    ) -> DevicePlan:
         """Remove the device's routes from every table and release the rules
         only it needed. The interface may already be gone (instance stopped:
-        the kernel dropped its routes with it)."""
+        the kernel dropped its routes with it). ``families``: only those."""
         with gc_paused():
             facts = self.cleanup_facts(ifname)
-            return DevicePlan(ifname, facts.ifindex, plan_cleanup(intent, facts, self.settings))
+            plan = plan_cleanup(intent, facts, self.settings, families)
+            return DevicePlan(ifname, facts.ifindex, plan)
 
     def plan_rules_resync(self) -> DevicePlan:
         """Full resync of the plugin's rules from the plugin's routes."""
@@ -295,10 +302,15 @@ class Engine:
         return dp
 
     def cleanup(
-        self, ifname: str | None, intent: DeviceIntent | None, *, dry_run: bool = False
+        self,
+        ifname: str | None,
+        intent: DeviceIntent | None,
+        *,
+        dry_run: bool = False,
+        families: Collection[int] | None = None,
     ) -> DevicePlan:
         with host_lock(), gc_paused():
-            dp = self.plan_cleanup(ifname, intent)
+            dp = self.plan_cleanup(ifname, intent, families=families)
             if not dry_run:
                 self.apply(dp)
         return dp

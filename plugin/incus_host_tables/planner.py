@@ -8,7 +8,7 @@ is here, and tested table-driven without a kernel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -100,17 +100,28 @@ def plan_device(intent: DeviceIntent, facts: DeviceFacts, settings: HostSettings
     return plan
 
 
-def plan_cleanup(intent: DeviceIntent | None, facts: DeviceFacts, settings: HostSettings) -> Plan:
+def plan_cleanup(
+    intent: DeviceIntent | None,
+    facts: DeviceFacts,
+    settings: HostSettings,
+    families: Collection[int] | None = None,
+) -> Plan:
     """Remove the device's routes from every table (ours, and Incus's copies
     of its prefixes) and release the rules only it needed. ``intent`` None:
     the config is unreadable (ownership.py: fail closed). The interface may
-    be gone: then the intent's tables tell which rules it held."""
+    be gone: then the intent's tables tell which rules it held. ``families``:
+    only those (a retry family by family after a failure)."""
     owned = instance_prefixes(intent) if intent is not None else None
-    diff = diff_routes([], facts.routes, policy=settings.policy, owned_prefixes=owned,
+    routes = facts.routes
+    if families is not None:
+        routes = [kr for kr in routes if kr.route.family in families]
+    diff = diff_routes([], routes, policy=settings.policy, owned_prefixes=owned,
                        prunable=lambda table: True)  # fmt: skip
     released = _rules(list(map(_ROUTE, diff.delete)), settings)
     if intent is not None:
         released |= rules_for_intent(intent, settings.rule_priority, settings.rp_table)
+    if families is not None:
+        released = {r for r in released if r.family in families}
     plan = Plan(route_delete=diff.delete)
     _plan_rules(plan, set(), released, facts)
     return plan
