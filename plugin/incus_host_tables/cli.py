@@ -58,21 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="incus-host-tables",
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
-    parser.add_argument(
-        "--rule-priority",
-        type=_rule_priority,
-        # A string default goes through type= too: a bad value is a usage error.
-        default=os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY)),
-        help="preference of the plugin's policy rules "
-        f"(default {DEFAULT_RULE_PRIORITY}, or $INCUS_HOST_TABLES_RULE_PRIORITY)",
-    )
-    parser.add_argument(
-        "--rp-table",
-        type=_rp_table,
-        default=os.environ.get("INCUS_HOST_TABLES_RP_TABLE", str(DEFAULT_RP_TABLE)),
-        help="the plugin's reverse-path routing table "
-        f"(default {DEFAULT_RP_TABLE}, or $INCUS_HOST_TABLES_RP_TABLE)",
-    )
+    for flag, parse, default, what in (
+        ("--rule-priority", _rule_priority, DEFAULT_RULE_PRIORITY,
+         "preference of the plugin's policy rules"),
+        ("--rp-table", _rp_table, DEFAULT_RP_TABLE, "the plugin's reverse-path routing table"),
+    ):  # fmt: skip
+        env = "INCUS_HOST_TABLES_" + flag[2:].upper().replace("-", "_")
+        parser.add_argument(
+            flag,
+            type=parse,
+            # A string default goes through type= too: a bad value is a usage error.
+            default=os.environ.get(env, str(default)),
+            help=f"{what} (default {default}, or ${env})",
+        )
     sub = parser.add_subparsers(dest="command", required=True)
 
     device = sub.add_parser("device", help="act on one host interface (no Incus needed)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
+from . import planner
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY, rules_for_intent
 from .diff import Plan
@@ -31,14 +32,7 @@ from .model import (
 )
 from .netlink.kernel import ApplyError, Change, ChangeKind, ChangeRun, Netlink
 from .ownership import PROTOCOL, PROTOCOL_NAME, RTPROT_KERNEL, OwnershipPolicy, protocol_name
-from .planner import (
-    HostSettings,
-    intent_problems,
-    plan_cleanup,
-    plan_device,
-    plan_rules_resync,
-    rp_families_to_read,
-)
+from .planner import HostSettings
 
 __all__ = [
     "FAMILIES",
@@ -185,24 +179,12 @@ class Engine:
         rp_table: int = DEFAULT_RP_TABLE,
     ) -> None:
         self.nl = netlink or Netlink()
-        self.settings = HostSettings(rule_priority, rp_table, OwnershipPolicy(protocol))
+        self.protocol = protocol
+        self.rule_priority = rule_priority
+        self.rp_table = rp_table
+        self.policy = OwnershipPolicy(protocol)
+        self.settings = HostSettings(rule_priority, rp_table, self.policy)
         self.facts = FactReader(self.nl, protocol, rp_table)
-
-    @property
-    def protocol(self) -> int:
-        return self.settings.protocol
-
-    @property
-    def rule_priority(self) -> int:
-        return self.settings.rule_priority
-
-    @property
-    def rp_table(self) -> int:
-        return self.settings.rp_table
-
-    @property
-    def policy(self) -> OwnershipPolicy:
-        return self.settings.policy
 
     def close(self) -> None:
         self.nl.close()
@@ -238,7 +220,7 @@ class Engine:
         of the families whose rule it may release."""
         facts = self.facts.device(ifname, self._ifindex(ifname), rp_families=())
         return self.facts.rp_held_elsewhere(
-            facts, rp_families_to_read(intent, facts, self.settings)
+            facts, planner.rp_families_to_read(intent, facts, self.settings)
         )
 
     def cleanup_facts(self, ifname: str | None) -> DeviceFacts:
@@ -251,7 +233,7 @@ class Engine:
     def intent_problems(self, intent: DeviceIntent) -> list[str]:
         """What makes ``intent`` unusable on this host (beyond what the
         config alone shows): choosing the reverse-path table."""
-        return intent_problems(intent, self.settings)
+        return planner.intent_problems(intent, self.settings)
 
     def plan_device(self, ifname: str, intent: DeviceIntent) -> DevicePlan:
         """What makes the kernel match ``intent`` for the interface."""
@@ -260,7 +242,8 @@ class Engine:
             raise ConfigError(problems)
         with gc_paused():
             facts = self.device_facts(ifname, intent)
-            return DevicePlan(ifname, facts.ifindex, plan_device(intent, facts, self.settings))
+            plan = planner.plan_device(intent, facts, self.settings)
+            return DevicePlan(ifname, facts.ifindex, plan)
 
     def plan_cleanup(
         self,
@@ -274,12 +257,13 @@ class Engine:
         the kernel dropped its routes with it). ``families``: only those."""
         with gc_paused():
             facts = self.cleanup_facts(ifname)
-            plan = plan_cleanup(intent, facts, self.settings, families)
+            plan = planner.plan_cleanup(intent, facts, self.settings, families)
             return DevicePlan(ifname, facts.ifindex, plan)
 
     def plan_rules_resync(self) -> DevicePlan:
         """Full resync of the plugin's rules from the plugin's routes."""
-        return DevicePlan(None, None, plan_rules_resync(self.facts.host(), self.settings))
+        plan = planner.plan_rules_resync(self.facts.host(), self.settings)
+        return DevicePlan(None, None, plan)
 
     # -- applying ------------------------------------------------------------
 
