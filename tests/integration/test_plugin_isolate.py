@@ -6,6 +6,7 @@ table."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,15 @@ def clients(lab: IncusLab) -> Iterator[dict[str, Client]]:
             lab.remove_client(c)
 
 
+def routed(tables: str, a4: str, a6: str | None = None) -> dict[str, str]:
+    """A routed NIC with its addresses in ``tables``."""
+    nic = {"type": "nic", "nictype": "routed", "name": "eth0", "ipv4.address": a4,
+           "user.ipv4.host_tables": tables}  # fmt: skip
+    if a6 is not None:
+        nic |= {"ipv6.address": a6, "user.ipv6.host_tables": tables}
+    return nic
+
+
 @pytest.mark.parametrize(
     ("n", "tables", "reach"),
     [
@@ -55,16 +65,7 @@ def test_reachability_matrix(
     reach: set[str],
 ) -> None:
     a4, a6 = f"198.51.100.{n}", f"2001:db8:{n}::1"
-    nic = {
-        "type": "nic",
-        "nictype": "routed",
-        "name": "eth0",
-        "ipv4.address": a4,
-        "ipv6.address": a6,
-        "user.ipv4.host_tables": tables,
-        "user.ipv6.host_tables": tables,
-    }
-    plug.launch(f"iso{n}", devices={"eth0": nic})
+    plug.launch(f"iso{n}", devices={"eth0": routed(tables, a4, a6)})
     want = {"main" if t == "254" else t for t in tables.split(",")}
     assert plug.until(lambda: plug.tables(a4) == want and plug.tables(a6) == want), (
         plug.entries(a4),
@@ -101,17 +102,7 @@ def test_strict_tables_each_instance_in_one_domain(
     addresses = {"t100": ("198.51.100.177", "2001:db8:177::1"),
                  "t200": ("198.51.100.178", "2001:db8:178::1")}  # fmt: skip
     for n, (label, (a4, a6)) in zip((177, 178), addresses.items(), strict=True):
-        table = label[1:]
-        nic = {
-            "type": "nic",
-            "nictype": "routed",
-            "name": "eth0",
-            "ipv4.address": a4,
-            "ipv6.address": a6,
-            "user.ipv4.host_tables": table,
-            "user.ipv6.host_tables": table,
-        }
-        plug.launch(f"iso{n}", devices={"eth0": nic})
+        plug.launch(f"iso{n}", devices={"eth0": routed(label[1:], a4, a6)})
     assert plug.until(
         lambda: all(
             plug.tables(addr) == {label[1:]} and len(plug.rp_entries(addr)) == 1
@@ -139,15 +130,33 @@ def test_invalid_live_change_isolates_running_instance(
     plug: PluginLab, daemon: PluginDaemon, clients: dict[str, Client]
 ) -> None:
     a4 = "198.51.100.174"
-    nic = {
-        "type": "nic",
-        "nictype": "routed",
-        "name": "eth0",
-        "ipv4.address": a4,
-        "user.ipv4.host_tables": "100",
-    }
-    plug.launch("iso174", devices={"eth0": nic})
+    plug.launch("iso174", devices={"eth0": routed("100", a4)})
     assert plug.until(lambda: plug.tables(a4) == {"100"})
     plug.lab.incus("config", "device", "set", "iso174", "eth0", "user.ipv4.host_tables=0")
     # The daemon isolates it: no host route in any table, main included.
     assert plug.until(lambda: plug.entries(a4) == [], 5.0), plug.entries(a4)
+
+
+def test_a_foreign_route_in_a_chosen_table_is_refused_and_kept(
+    plug: PluginLab, daemon: PluginDaemon
+) -> None:
+    """An operator's static route for the instance's address in table 100:
+    the plugin never takes it over. The apply is refused, the instance is
+    isolated (Incus's copy in main removed too), and the static route stays."""
+    a4 = "198.51.100.179"
+    static = ("route", "add", "blackhole", f"{a4}/32", "table", "100", "proto", "static")
+    plug.lab.ns_run("ip", *static)
+    plug.defer(lambda: plug.lab.ns_run("ip", "route", "del", f"{a4}/32", "table", "100",
+                                       check=False))  # fmt: skip
+    plug.launch("iso179", devices={"eth0": routed("100", a4)})
+
+    def isolated() -> bool:
+        entries = plug.lab.route_entries(a4)
+        return [(e["table"], e.get("protocol"), e.get("type")) for e in entries] == [
+            ("100", "static", "blackhole")
+        ]
+
+    assert plug.until(isolated, 5.0), plug.lab.route_entries(a4)
+    rows = json.loads(plug.cli("status", "iso179", "--format", "json").stdout)
+    assert [r["state"] for r in rows] == ["error"], rows
+    assert "File exists" in rows[0]["detail"], rows
