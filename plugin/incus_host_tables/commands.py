@@ -129,6 +129,9 @@ def _device_status(
     except ConfigError as err:
         intent = None
         row.state, row.detail = "error", str(err)
+    if intent is not None and engine.intent_problems(intent):
+        row.state, row.detail = "error", "; ".join(engine.intent_problems(intent))
+        intent = None
     ifindex, present = engine.interface_routes(host_name) if host_name else (None, [])
     for name, family in FAMILY_OF.items():
         fam = getattr(intent, name) if intent is not None else None
