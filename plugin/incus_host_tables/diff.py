@@ -129,7 +129,7 @@ def diff_rules(
 ) -> tuple[list[Rule], list[KernelRule]]:
     """Plugin rules: add the missing desired ones; delete present ones that
     are not desired and that ``may_delete`` releases (another device may
-    still need a shared per-table rule)."""
+    still need the shared reverse-path rule)."""
     present = list(present)
     have = {kr.rule for kr in present}
     add = sorted(desired - have, key=rule_sort_key)
