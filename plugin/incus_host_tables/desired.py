@@ -34,7 +34,6 @@ FAMILY_OF: dict[str, int] = {"ipv4": AF_INET, "ipv6": AF_INET6}
 # next rules (main) whatever the chosen tables hold, unreachable defaults of
 # VRF-style tables included.
 DEFAULT_RP_TABLE = 1158
-RP_TABLE_NAME = "incus-host-tables"
 
 DEFAULT_RULE_PRIORITY = 1100
 
