@@ -184,7 +184,7 @@ class Engine:
         self.rp_table = rp_table
         self.policy = OwnershipPolicy(protocol)
         self.settings = HostSettings(rule_priority, rp_table, self.policy)
-        self.facts = FactReader(self.nl, protocol, rp_table)
+        self.facts = FactReader(self.nl, self.policy, rp_table)
 
     def close(self) -> None:
         self.nl.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .model import AF_INET, AF_INET6, KernelRoute, KernelRule
 from .netlink.kernel import Netlink, RouteQuery
+from .ownership import OwnershipPolicy
 
 FAMILIES = (AF_INET, AF_INET6)
 
@@ -44,16 +45,18 @@ class HostFacts:
 class FactReader:
     """Reads facts through one netlink connection."""
 
-    def __init__(self, nl: Netlink, protocol: int, rp_table: int) -> None:
+    def __init__(self, nl: Netlink, policy: OwnershipPolicy, rp_table: int) -> None:
         self.nl = nl
-        self.protocol = protocol
+        self.policy = policy
+        self.protocol = policy.protocol
         self.rp_table = rp_table
 
     def ifindex(self, ifname: str | None) -> int | None:
         return self.nl.ifindex(ifname) if ifname is not None else None
 
     def plugin_rules(self) -> list[KernelRule]:
-        return [kr for fam in FAMILIES for kr in self.nl.rules(fam, protocol=self.protocol)]
+        ours = self.policy.rule_is_ours
+        return [kr for fam in FAMILIES for kr in self.nl.rules(fam) if ours(kr)]
 
     def _rp_query(self, family: int, ifindex: int | None) -> RouteQuery:
         """The plugin's routes in the reverse-path table but those on ``ifindex``."""
