@@ -160,3 +160,34 @@ def test_a_foreign_route_in_a_chosen_table_is_refused_and_kept(
     rows = json.loads(plug.cli("status", "iso179", "--format", "json").stdout)
     assert [r["state"] for r in rows] == ["error"], rows
     assert "File exists" in rows[0]["detail"], rows
+
+
+def test_reconcile_migrates_the_rules_of_earlier_versions(
+    plug: PluginLab, daemon: PluginDaemon, clients: dict[str, Client]
+) -> None:
+    """A host running an earlier version has a per-table rule per family
+    (strict table 100: it stops every lookup from lo it cannot answer).
+    `reconcile` leaves only the reverse-path rules, and the instance and the
+    host's own traffic keep working."""
+    a4, a6 = "198.51.100.180", "2001:db8:180::1"
+    plug.launch("iso180", devices={"eth0": routed("100", a4, a6)})
+    assert plug.until(lambda: plug.rules() == plug.RP_RULES)
+    for fam, suppress in (("-4", "31"), ("-6", "127")):
+        old = ("rule", "add", "pref", "1100", "iif", "lo", "lookup", "100",
+               "suppress_prefixlength", suppress, "proto", "158")  # fmt: skip
+        plug.lab.ns_run("ip", fam, *old)
+        plug.defer(lambda fam=fam, suppress=suppress: plug.lab.ns_run(
+            "ip", fam, "rule", "del", "pref", "1100", "iif", "lo", "lookup", "100",
+            "suppress_prefixlength", suppress, check=False))  # fmt: skip
+    assert plug.rules() == plug.RP_RULES | {("4", "100", 31), ("6", "100", 127)}
+    main = clients["main"]
+    assert not host_pings(plug, main.address4)  # the old rule's strict-table trap
+
+    out = plug.cli("reconcile")
+    assert out.returncode == 0, out.stderr
+    assert "- rule -4 pref 1100 iif lo lookup 100 suppress_prefixlength 31" in out.stdout
+    assert "- rule -6 pref 1100 iif lo lookup 100 suppress_prefixlength 127" in out.stdout
+    assert plug.rules() == plug.RP_RULES
+    for addr in (a4, a6):
+        assert clients["t100"].ping_within(addr, 5)
+    assert host_pings(plug, main.address4) and host_pings(plug, main.address6)
