@@ -32,8 +32,8 @@ from functools import partial
 from typing import Any
 
 from incus_host_tables.netlink import codec
+from lab.netns import Namespaces, NetNS
 
-from .netns import Namespaces, NetNS
 from .stats import timed
 
 Log = Callable[[str], None]

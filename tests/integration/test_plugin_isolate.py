@@ -1,7 +1,8 @@
-"""Isolation with real packets (docs/configuration.md, "Reverse path"): each
-table choice reaches exactly the clients of the routing domains it names,
-with strict (VRF-style) tables too, the host's own traffic still goes by
-main, and an instance whose config turns invalid is removed from every
+"""Isolation with real packets (docs/configuration.md, "The reverse-path
+table"; docs/incus-behaviour.md, "The reverse-path trap"): each table choice
+reaches exactly the clients of the routing domains it names, with strict
+(VRF-style) tables too, the host's own traffic still goes by main, and an
+instance whose config turns invalid is removed from every
 table."""
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab import Client, IncusLab, find_static_busybox
-from incus_host_tables.lab.plugin import PluginDaemon
+from lab import Client, IncusLab
+from lab.image import find_static_busybox
+from lab.plugin import PluginDaemon
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -30,6 +32,11 @@ def clients(lab: IncusLab) -> Iterator[dict[str, Client]]:
         "main": lab.add_client("itmain", table=None, v4="198.18.22.2/28", v6="2001:db8:f22::2/64"),
     }
     try:
+        # A client that reaches nothing would pass every "must not reach":
+        # each one first reaches its gateway in H, in both families.
+        for label, c in made.items():
+            assert c.ping_within(c.gateway4, 5), f"{label}: no IPv4 link to H"
+            assert c.ping_within(c.gateway6, 5), f"{label}: no IPv6 link to H"
         yield made
     finally:
         for c in made.values():

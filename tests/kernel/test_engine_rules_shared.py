@@ -11,8 +11,9 @@ import pytest
 
 from incus_host_tables.config import ConfigError
 from incus_host_tables.engine import Engine
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent
+from .helpers import incus_routes, intent
 
 pytestmark = pytest.mark.kernel
 

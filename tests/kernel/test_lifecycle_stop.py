@@ -11,8 +11,9 @@ import pytest
 
 from incus_host_tables.engine import Engine
 from incus_host_tables.lifecycle import Lifecycle
+from lab.netns import NetNS
 
-from .helpers import NetNS, intent
+from .helpers import intent
 
 pytestmark = pytest.mark.kernel
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from incus_host_tables.engine import Engine, RouteConflict
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent, run_cli
+from .helpers import incus_routes, intent, run_cli
 
 pytestmark = pytest.mark.kernel
 

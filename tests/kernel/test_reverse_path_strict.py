@@ -19,8 +19,9 @@ from collections.abc import Callable
 import pytest
 
 from incus_host_tables.engine import Engine
+from lab.netns import NetNS
 
-from .helpers import NetNS, intent
+from .helpers import intent
 from .test_reverse_path import STRICT_METRIC, client
 
 pytestmark = pytest.mark.kernel
