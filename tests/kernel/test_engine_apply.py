@@ -36,6 +36,19 @@ def rp_rule(pref: int = 1100) -> str:
     return f"{pref}:\tfrom all iif lo lookup 1158 proto 158"
 
 
+def assert_only_in(host: NetNS, table: int) -> None:
+    """V4 and V6 are in ``table`` and the reverse-path table only, with the
+    reverse-path rule of each family and no other plugin rule."""
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        f"{V4} dev vh0 table {t} proto 158 scope link" for t in (table, 1158)
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        f"{V6} dev vh0 table {t} proto 158 metric 1024 pref medium" for t in (table, 1158)
+    )
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
+    assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
+
+
 def mentions(lines: list[str], *needles: str) -> list[str]:
     """The lines with any of ``needles`` (route lines are compared sorted:
     `table all` lists IPv4 tables in the kernel's hash order)."""
@@ -115,20 +128,7 @@ def test_legacy_host_table_key_means_that_table_only(
     }
     make_engine(host).converge("vh0", intent(config))
 
-    assert sorted(mentions(host.route_lines(), V4)) == sorted(
-        [
-            f"{V4} dev vh0 table 100 proto 158 scope link",
-            f"{V4} dev vh0 table 1158 proto 158 scope link",
-        ]
-    )
-    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
-        [
-            f"{V6} dev vh0 table 100 proto 158 metric 1024 pref medium",
-            f"{V6} dev vh0 table 1158 proto 158 metric 1024 pref medium",
-        ]
-    )
-    assert mentions(host.rule_lines(), "lookup 1") == [rp_rule()]
-    assert mentions(host.rule_lines(v6=True), "lookup 1") == [rp_rule()]
+    assert_only_in(host, 100)
 
 
 def test_no_table_keys_keeps_main_only_without_rules(
@@ -355,18 +355,5 @@ def test_tables_above_255_reach_the_kernel(host: NetNS, make_engine: Callable[..
 
     engine.converge("vh0", moved)
 
-    assert sorted(mentions(host.route_lines(), V4)) == sorted(
-        [
-            f"{V4} dev vh0 table 300 proto 158 scope link",
-            f"{V4} dev vh0 table 1158 proto 158 scope link",
-        ]
-    )
-    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
-        [
-            f"{V6} dev vh0 table 300 proto 158 metric 1024 pref medium",
-            f"{V6} dev vh0 table 1158 proto 158 metric 1024 pref medium",
-        ]
-    )
-    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
-    assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
+    assert_only_in(host, 300)
     assert not engine.plan_device("vh0", moved).plan
