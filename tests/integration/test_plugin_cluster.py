@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from lab import STRICT_TABLE_METRIC
 from lab import until as lab_until
 from lab.cluster import ClusterMember, IncusCluster
 from lab.plugin import PluginDaemon, run_cli
@@ -238,24 +237,15 @@ def only_ours_in(m: ClusterMember, tables: set[str], *addrs: str) -> bool:
 
 @pytest.fixture(scope="module")
 def clients(cluster: IncusCluster) -> Iterator[dict[str, Any]]:
-    """Per member: a table-100 client and a main client.
-
-    Table 100 is not made strict here: with per-table reverse-path rules
-    (``iif lo lookup 100``), an ``unreachable default`` in table 100 would
-    also catch the member's own traffic, the cluster database's included.
-    Nothing is lost: a member's main table has no default route, so a lookup
-    from the table client that falls through to main still finds no route
-    to an instance whose route is not in main.
-    """
+    """Per member: a table-100 client (table 100 strict, as a VRF's: the
+    plugin's reverse-path table keeps the member's own traffic, the cluster
+    database's included, out of it) and a main client."""
     made: dict[str, Any] = {}
     try:
         for i, (name, m) in enumerate(cluster.members.items()):
             made[f"{name}-t100"] = m.add_client(
                 "ct100", table=100, v4=f"198.18.{40 + i}.2/28", v6=f"2001:db8:e4{i}::2/64"
             )
-            for fam in ("-4", "-6"):
-                m.ns_run("ip", fam, "route", "del", "unreachable", "default", "table", "100",
-                         "metric", str(STRICT_TABLE_METRIC))  # fmt: skip
             made[f"{name}-main"] = m.add_client(
                 "cmain", table=None, v4=f"198.18.{42 + i}.2/28", v6=f"2001:db8:e6{i}::2/64"
             )
