@@ -234,7 +234,7 @@ def _device(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
 
     try:
-        engine = Engine(rule_priority=args.rule_priority)
+        engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     except PermissionError as err:
         print(f"error: netlink: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
@@ -243,6 +243,10 @@ def _device(args: argparse.Namespace) -> int:
             dp = engine.cleanup(args.host_name, intent)
         else:
             dp = engine.converge(args.host_name, intent, dry_run=args.action == "plan")
+    except ConfigError as err:  # valid alone, not on this host (the reverse-path table)
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     except InterfaceMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
@@ -301,7 +305,7 @@ def _hook(args: argparse.Namespace) -> int:
     except LxcConfError as err:
         print(f"incus-host-tables: LXC_NAME: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    engine = Engine(rule_priority=args.rule_priority)
+    engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     try:
         out = run_hook(engine, hook, lxc_name, os.environ.get("LXC_CONFIG_FILE", ""))
     finally:
@@ -316,7 +320,8 @@ def _watch(args: argparse.Namespace) -> int:
     from .daemon import Daemon, setup_logging
 
     setup_logging(args.verbose)
-    return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+    daemon = Daemon(socket=args.socket, rule_priority=args.rule_priority, rp_table=args.rp_table)
+    return daemon.run()
 
 
 def _instances(args: argparse.Namespace) -> int:
@@ -364,7 +369,7 @@ def _instances(args: argparse.Namespace) -> int:
         tables = _table_settings(args)
         if args.command == "validate":
             return commands.validate(snapshots, tables, fmt)
-        engine = Engine(rule_priority=args.rule_priority)
+        engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
         try:
             if args.command == "status":
                 rows = commands.status(engine, snapshots, tables, SystemTableNames())

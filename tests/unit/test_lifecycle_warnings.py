@@ -31,6 +31,8 @@ def _run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def engine() -> MagicMock:
     fake = MagicMock()
+    fake.rp_table = 1158
+    fake.intent_problems.return_value = []
     fake.converge.return_value.lines.return_value = []
     return fake
 
