@@ -186,7 +186,7 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
     ]
     rule_lines = [line for line in preview.stdout.splitlines() if "+ rule" in line]
     assert rule_lines == [
-        f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1001 suppress_prefixlength 31"
+        f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1158"
     ]
     expected = apply_preview(preview.stdout, *before)
 

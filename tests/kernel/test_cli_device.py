@@ -167,7 +167,7 @@ def test_rp_table_option(started: NetNS) -> None:
     before = started.state()
     bad = run_cli(started, "apply", "vh0", CONFIG, "--rp-table", "254")
     assert bad.returncode == 2
-    assert "reverse-path table '254' is one of the kernel's own tables" in bad.stderr
+    assert "--rp-table '254' is one of the kernel's own tables" in bad.stderr
     assert started.state() == before
 
 
