@@ -23,6 +23,7 @@ vanishing between the engine's read and its apply).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import threading
@@ -48,6 +49,9 @@ class Op(StrEnum):
     DEL_ROUTE = "del-route"
     ADD_RULE = "add-rule"
     DEL_RULE = "del-rule"
+    # A recv on a socket whose receive buffer overflowed: the queued
+    # replies are lost and recv fails with the fault's errno (ENOBUFS).
+    RECV = "recv"
 
 
 WRITES = frozenset({Op.ADD_ROUTE, Op.REPLACE_ROUTE, Op.DEL_ROUTE, Op.ADD_RULE, Op.DEL_RULE})
@@ -61,7 +65,8 @@ class Fault:
     """The ``nth`` (1-based) operation of kind ``op`` that ``match``es fails
     with ``errno`` (0: it does not fail), ``times`` times in a row; a dump
     fault with ``dump_intr`` instead ends the dump with NLM_F_DUMP_INTR.
-    ``before`` runs on the kernel first (then the operation proceeds)."""
+    ``before`` runs on the kernel first (then the operation proceeds).
+    ``after_writes``: only once the kernel has handled that many changes."""
 
     op: Op
     errno: int = 0
@@ -70,6 +75,7 @@ class Fault:
     match: Callable[[Item], bool] = lambda item: True
     dump_intr: bool = False
     before: Callable[[FakeKernel], None] | None = None
+    after_writes: int = 0
     seen: int = 0
     fired: int = 0
 
@@ -159,7 +165,7 @@ class FakeKernel:
 
     def _fault(self, op: Op, item: Item) -> Fault | None:
         for fault in self.faults:
-            if fault.hit(op, item):
+            if self.writes >= fault.after_writes and fault.hit(op, item):
                 if fault.before is not None:
                     fault.before(self)
                 return fault
@@ -313,6 +319,11 @@ class FakeSocket:
         return len(data)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
+        with self.kernel.lock:
+            fault = self.kernel._fault(Op.RECV, None) if self.queue else None
+        if fault is not None and fault.errno:
+            self.queue.clear()
+            raise OSError(fault.errno, os.strerror(fault.errno))
         if not self.queue:
             if flags & socket.MSG_DONTWAIT:
                 raise BlockingIOError(errno.EAGAIN, "no reply queued")

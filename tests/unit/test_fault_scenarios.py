@@ -243,6 +243,16 @@ SCENARIOS = [
         Fault(Op.DUMP_ROUTES, dump_intr=True, times=5),
         names="dump interrupted",
     ),
+    Scenario(
+        "start/receive buffer overflow (ENOBUFS) during the apply",
+        START_C1,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=2),
+    ),
+    Scenario(
+        "start/receive buffer overflow (ENOBUFS) during a dump",
+        START_C1,
+        Fault(Op.RECV, errno.ENOBUFS, nth=2),
+    ),
     Scenario("start/ENOBUFS on a route dump", START_C1, Fault(Op.DUMP_ROUTES, errno.ENOBUFS)),
     Scenario("start/EINTR on a rule dump", START_C1, Fault(Op.DUMP_RULES, errno.EINTR)),
     Scenario("start/EBUSY on the link query", START_C1, Fault(Op.GET_LINK, errno.EBUSY)),
