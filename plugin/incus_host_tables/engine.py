@@ -39,7 +39,7 @@ from .model import (
 from .netlink.kernel import Change, ChangeRun, Netlink, RouteQuery
 
 # The routing protocol number that marks the plugin's routes and rules
-# (hooks/rt_protos.d/incus-host-tables.conf names it for iproute2).
+# (data/rt_protos.conf, installed into /etc/iproute2/rt_protos.d/, names it).
 PROTOCOL = 158
 RTPROT_KERNEL = 2  # routes the kernel made itself (the IPv6 link-local one)
 PROTOCOL_NAME = "incus-host-tables"
