@@ -34,6 +34,13 @@ def _systemctl(*args: str) -> None:
         print(f"warning: systemctl {' '.join(args)}: {proc.stderr.strip()}", file=sys.stderr)
 
 
+def _report(verb: str, paths: list[str], root: str) -> None:
+    for path in paths:
+        print(f"{verb} {path}")
+    if _systemd_running(root):
+        _systemctl("daemon-reload")
+
+
 def install(root: str, executable: str | None, python: str | None) -> int:
     try:
         written = hostfiles.install(
@@ -42,10 +49,7 @@ def install(root: str, executable: str | None, python: str | None) -> int:
     except (hostfiles.InstallError, OSError) as err:
         print(f"error: install: {err}", file=sys.stderr)
         return ExitCode.ENVIRONMENT
-    for path in written:
-        print(f"installed {path}")
-    if _systemd_running(root):
-        _systemctl("daemon-reload")
+    _report("installed", written, root)
     print("next: systemctl enable --now incus-host-tables; incus-host-tables enable --all-profiles")
     return ExitCode.OK
 
@@ -92,8 +96,5 @@ def uninstall(root: str, socket: str | None, hooks_only: bool) -> int:
     except (hostfiles.InstallError, OSError) as err:
         print(f"error: uninstall: {err}", file=sys.stderr)
         return ExitCode.ENVIRONMENT
-    for path in removed:
-        print(f"removed {path}")
-    if _systemd_running(root):
-        _systemctl("daemon-reload")
+    _report("removed", removed, root)
     return ExitCode.OK

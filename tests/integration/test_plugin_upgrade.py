@@ -92,6 +92,16 @@ def test_new_interpreter_after_enable_still_starts_containers(
     lab.incus("stop", "--force", name)
     assert plug.until(lambda: plug.tables(addr) == set(), 3.0)
 
+    # uninstall: the hooks leave the profile before the hook file goes, and
+    # the container starts again (Incus alone: the route is back in main).
+    out = plug.cli("uninstall", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert "hooks removed from profile ihtupgrade" in out.stdout.splitlines()
+    assert "incus-host-tables/hook" not in raw_lxc(plug, PROFILE)
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    lab.incus("start", name)
+    assert plug.tables(addr) == {"main"}
+
 
 def test_all_profiles_of_all_projects(plug: PluginLab) -> None:
     lab = plug.lab
