@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab.plugin import plugin_env
+from lab.plugin import plugin_env
 
 if TYPE_CHECKING:
     from conftest import PluginLab
