@@ -236,12 +236,6 @@ def _instances(args: argparse.Namespace) -> int:
     from .locking import run_dir
 
     command = None  # the hook command `enable` writes; checked before Incus is asked
-    if args.command == "enable":
-        try:
-            command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_ENVIRONMENT
     try:
         if args.command == "enable":
             from .snap import enable_refusal
@@ -250,8 +244,9 @@ def _instances(args: argparse.Namespace) -> int:
             if refusal is not None:
                 print(f"error: {refusal}", file=sys.stderr)
                 return EXIT_ENVIRONMENT
+            command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
         client = IncusClient(args.socket)
-    except IncusError as err:
+    except (IncusError, profiles.HookMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     try:

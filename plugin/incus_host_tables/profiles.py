@@ -16,6 +16,10 @@ HOOK_ENV = "INCUS_HOST_TABLES_HOOK"
 ProfileRef = tuple[str, str]  # (project, profile)
 
 
+class HookMissingError(Exception):
+    """The hook executable `enable` would write into raw.lxc is not there."""
+
+
 @dataclass(frozen=True)
 class ProfileChange:
     project: str
@@ -70,7 +74,7 @@ def enable_command(hook: str, run_dir: str) -> str:
     """The hook command for raw.lxc; the hook must exist, or every container
     start with this profile would fail."""
     if not os.access(hook, os.X_OK) or not os.path.isfile(hook):
-        raise FileNotFoundError(
+        raise HookMissingError(
             f"hook {hook} is missing or not executable: install the package "
             "or run `incus-host-tables install` first"
         )

@@ -141,9 +141,15 @@ def test_enable_then_disable_everywhere(capsys: pytest.CaptureFixture[str]) -> N
 def test_enable_refuses_a_missing_hook(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A socket nobody answers on: the refusal comes before any request.
+    never_asked = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    never_asked.bind(str(tmp_path / "never-asked"))
     monkeypatch.setenv("INCUS_SOCKET", str(tmp_path / "never-asked"))
     missing = tmp_path / "usr/libexec/incus-host-tables/hook"
-    assert main(["enable", "--all-profiles", "--hook", str(missing)]) == 5
+    try:
+        assert main(["enable", "--all-profiles", "--hook", str(missing)]) == 5
+    finally:
+        never_asked.close()
     err = capsys.readouterr().err
     assert err.startswith(f"error: hook {missing} is missing") and "install" in err
 
