@@ -101,6 +101,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .desired import DEFAULT_RULE_PRIORITY
     from .formats import FORMAT_NAMES
     from .model import DEFAULT_RP_TABLE
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="incus-host-tables",
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--rule-priority",
         type=_option(parse_rule_priority, "--rule-priority"),
@@ -193,9 +195,39 @@ def build_parser() -> argparse.ArgumentParser:
         ("disable", "remove the LXC hooks from a profile"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--profile", required=True)
-        p.add_argument("--project", default="default")
-        p.add_argument("--socket")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--profile", help="the profile to change")
+        which.add_argument(
+            "--all-profiles", action="store_true", help="every profile of every project"
+        )
+        p.add_argument("--project", default="default", help="the profile's project")
+        p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        if name == "enable":
+            p.add_argument(
+                "--hook",
+                help="hook executable written into raw.lxc "
+                "(default $INCUS_HOST_TABLES_HOOK or /usr/libexec/incus-host-tables/hook)",
+            )
+
+    text = "install the systemd unit, the hook and the iproute2 names (non-package installs)"
+    inst = sub.add_parser("install", help=text, description=text)
+    inst.add_argument("--root", default="/", help="directory to install into (default /)")
+    inst.add_argument(
+        "--executable",
+        help="command the unit starts (default: this installation's incus-host-tables)",
+    )
+    inst.add_argument(
+        "--python", help="interpreter of the hook (default: the one running this command)"
+    )
+    text = "remove the hooks from every profile, then the unit, the hook and the names"
+    uninst = sub.add_parser("uninstall", help=text, description=text)
+    uninst.add_argument("--root", default="/", help="directory to remove from (default /)")
+    uninst.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+    uninst.add_argument(
+        "--hooks-only",
+        action="store_true",
+        help="only remove the hooks from every profile (what the Debian package does on removal)",
+    )
 
     watch = sub.add_parser("watch", help="run the event daemon (and serve the hooks)")
     watch.add_argument("--socket")
@@ -327,7 +359,7 @@ def _watch(args: argparse.Namespace) -> int:
 def _instances(args: argparse.Namespace) -> int:
     import logging
 
-    from . import commands, rawlxc
+    from . import commands, profiles
     from .engine import Engine
     from .formats import Format
     from .incus import IncusClient, IncusError
@@ -337,6 +369,7 @@ def _instances(args: argparse.Namespace) -> int:
     # The commands print every warning and error themselves; the lifecycle's
     # log lines are for the daemon's and the hooks' logs.
     logging.getLogger("incus-host-tables").addHandler(logging.NullHandler())
+    command = None  # the hook command `enable` writes; checked before Incus is asked
     try:
         if args.command == "enable":
             from .snap import enable_refusal
@@ -345,23 +378,19 @@ def _instances(args: argparse.Namespace) -> int:
             if refusal is not None:
                 print(f"error: {refusal}", file=sys.stderr)
                 return EXIT_ENVIRONMENT
+            command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
         client = IncusClient(args.socket)
-    except IncusError as err:
+    except (IncusError, profiles.HookMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     try:
         if args.command in ("enable", "disable"):
-            raw = client.profile_config(args.profile, args.project).get("raw.lxc", "")
-            new = (
-                rawlxc.add_hooks(raw, rawlxc.hook_command(run_dir=run_dir()))
-                if args.command == "enable"
-                else rawlxc.remove_hooks(raw)
+            refs = (
+                profiles.all_profiles(client)
+                if args.all_profiles
+                else [(args.project, args.profile)]
             )
-            if new != raw:
-                client.set_profile_config(args.profile, "raw.lxc", new, args.project)
-            state = "attached to" if args.command == "enable" else "removed from"
-            print(f"hooks {state} profile {args.profile}" + ("" if new != raw else " (unchanged)"))
-            return EXIT_OK
+            return profiles.apply(client, refs, command)
         snapshots = commands.select(
             client, args.instance, args.project, getattr(args, "all_projects", False)
         )
@@ -408,6 +437,14 @@ def _run(args: argparse.Namespace) -> int:
         return _hook(args)
     if args.command == "watch":
         return _watch(args)
+    if args.command == "install":
+        from . import hostsetup
+
+        return hostsetup.install(args.root, args.executable, args.python)
+    if args.command == "uninstall":
+        from . import hostsetup
+
+        return hostsetup.uninstall(args.root, args.socket, args.hooks_only)
     return _instances(args)
 
 

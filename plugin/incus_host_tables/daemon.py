@@ -28,6 +28,7 @@ from .hookrun import run_hook
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
 from .lifecycle import Lifecycle, Nic
 from .locking import run_dir
+from .sdnotify import ServiceNotifier
 
 log = logging.getLogger("incus-host-tables")
 
@@ -293,8 +294,11 @@ class Daemon:
         log.info("watching Incus events; hooks served on %s", server.server_address)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
+        notifier = ServiceNotifier(ready=lambda: self.reconciles > 0, healthy=events.is_alive)
+        notifier.start()
         while not self._stop.wait(1.0):
             pass
+        notifier.stopping()
         server.shutdown()
         server.server_close()
         events.join(timeout=5)
