@@ -191,10 +191,16 @@ def _hook(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, setup_logging
+    from .daemon import Daemon
+    from .hookserver import AlreadyRunning
+    from .logsetup import setup_logging
 
     setup_logging(args.verbose)
-    return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+    try:
+        return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+    except AlreadyRunning as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 def _instances(args: argparse.Namespace) -> int:

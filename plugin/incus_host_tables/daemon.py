@@ -10,27 +10,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .engine import Engine
 from .hookrun import run_hook
+from .hookserver import HookServer
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
 from .lifecycle import Lifecycle, Nic
-from .locking import run_dir
 
 log = logging.getLogger("incus-host-tables")
 
-HOOK_SOCKET = "hook.sock"
 SYNC_ACTIONS = {
     "instance-started",
     "instance-restarted",
@@ -224,18 +220,11 @@ class Daemon:
         except Exception:
             log.exception("reconcile failed")
 
-    # -- hook server -----------------------------------------------------------
+    # -- hooks -----------------------------------------------------------------
 
-    def handle_hook(self, request: dict[str, Any]) -> dict[str, Any]:
-        hook = str(request.get("hook") or "")
-        lxc_name = str(request.get("lxc_name") or "")
-        config_file = str(request.get("config_file") or "")
+    def handle_hook(self, hook: str, lxc_name: str, config_file: str) -> tuple[bool, str]:
         started = time.perf_counter()
-        try:
-            out = run_hook(self.engine(), hook, lxc_name, config_file)
-        except Exception as err:
-            log.exception("hook %s for %s failed", hook, lxc_name)
-            return {"ok": False, "error": f"internal error: {err}"}
+        out = run_hook(self.engine(), hook, lxc_name, config_file)
         log.info(
             "hook %s %s: %s in %.1f ms",
             hook,
@@ -243,56 +232,21 @@ class Daemon:
             "ok" if out.ok else "refused",
             (time.perf_counter() - started) * 1000,
         )
-        return {"ok": out.ok, "error": out.error}
-
-    def serve_hooks(self) -> socketserver.BaseServer:
-        path = os.path.join(run_dir(), HOOK_SOCKET)
-        os.makedirs(run_dir(), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        daemon = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            # One line each way, tab-separated (see hookclient.py):
-            # "HOOK\tLXC_NAME\tLXC_CONFIG_FILE" -> "ok" | "error\tMESSAGE".
-            def handle(self) -> None:
-                fields = self.rfile.readline().decode(errors="replace").rstrip("\n").split("\t")
-                if len(fields) != 3:
-                    reply = {"ok": False, "error": "malformed request"}
-                else:
-                    hook, lxc_name, config_file = fields
-                    reply = daemon.handle_hook(
-                        {"hook": hook, "lxc_name": lxc_name, "config_file": config_file}
-                    )
-                if reply["ok"]:
-                    answer = "ok"
-                else:
-                    message = str(reply["error"]).replace("\t", " ").replace("\n", " ")
-                    answer = f"error\t{message}"
-                self.wfile.write(answer.encode() + b"\n")
-
-        old_umask = os.umask(0o077)  # root-only socket
-        try:
-            server = socketserver.ThreadingUnixStreamServer(path, Handler)
-        finally:
-            os.umask(old_umask)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="hooks", daemon=True).start()
-        return server
+        return out.ok, out.error or ""
 
     # -- main ------------------------------------------------------------------
 
     def run(self) -> int:
-        server = self.serve_hooks()
+        server = HookServer(self.handle_hook, lambda: b"")
+        server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
-        log.info("watching Incus events; hooks served on %s", server.server_address)
+        log.info("watching Incus events; hooks served on %s", server.path)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
         while not self._stop.wait(1.0):
             pass
-        server.shutdown()
-        server.server_close()
+        server.close()
         events.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
         return 0
@@ -302,32 +256,3 @@ class Daemon:
         client = self._events_client
         if client is not None:
             client.close()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """stderr, in a form journald understands (<N> priority prefixes)."""
-    handler = logging.StreamHandler()
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-    root = logging.getLogger("incus-host-tables")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
-class _JournalFormatter(logging.Formatter):
-    LEVELS: ClassVar[dict[int, int]] = {
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{self.LEVELS.get(record.levelno, 2)}>"
-        return "\n".join(prefix + line for line in text.splitlines())
