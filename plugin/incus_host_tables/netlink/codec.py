@@ -15,7 +15,6 @@ only spend less interpreter time per route. See docs/performance.md.
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
@@ -79,6 +78,10 @@ RTMSG = struct.Struct("=BBBBBBBBI")  # also fib_rule_hdr: same size and layout
 RTATTR = struct.Struct("=HH")
 U32_ATTR = struct.Struct("=HHI")
 NLMSGERR = struct.Struct("=i")
+# Netlink speaks the host's byte order: every multi-byte field goes through
+# a "=" (native order, standard sizes) struct, never a fixed order.
+U32 = struct.Struct("=I")
+S32 = struct.Struct("=i")
 HDR = NLMSGHDR.size
 BODY = RTMSG.size
 
@@ -87,6 +90,8 @@ _pack_u32_attr = U32_ATTR.pack
 _unpack_hdr = NLMSGHDR.unpack_from
 _unpack_rtattr = RTATTR.unpack_from
 _unpack_rtmsg = RTMSG.unpack_from
+_unpack_u32 = U32.unpack_from
+_unpack_s32 = S32.unpack_from
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -215,11 +220,11 @@ def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
         if atype == RTA_DST:
             dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == RTA_OIF:
-            oif = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            (oif,) = _unpack_u32(buf, pos + 4)
         elif atype == RTA_TABLE:
-            table = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            (table,) = _unpack_u32(buf, pos + 4)
         elif atype == RTA_PRIORITY:
-            priority = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            (priority,) = _unpack_u32(buf, pos + 4)
         elif atype == RTA_GATEWAY:
             gateway = bytes(buf[pos + 4 : pos + alen])
         pos += (alen + 3) & ~3
@@ -240,18 +245,17 @@ def decode_rule(buf: bytes | memoryview, start: int, end: int) -> KernelRule:
         alen, atype = _unpack_rtattr(buf, pos)
         if alen < 4:
             break
-        value = buf[pos + 4 : pos + alen]
         if atype == FRA_DST:
-            dst = bytes(value)
+            dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == FRA_TABLE:
-            table = int.from_bytes(value[:4], "little")
+            (table,) = _unpack_u32(buf, pos + 4)
         elif atype == FRA_PRIORITY:
-            priority = int.from_bytes(value[:4], "little")
+            (priority,) = _unpack_u32(buf, pos + 4)
         elif atype == FRA_SUPPRESS_PREFIXLEN:
-            raw = int.from_bytes(value[:4], "little", signed=True)
+            (raw,) = _unpack_s32(buf, pos + 4)
             suppress = None if raw == -1 else raw
         elif atype == FRA_PROTOCOL:
-            protocol = value[0]
+            protocol = buf[pos + 4]
         pos += (alen + 3) & ~3
     rule = Rule(family, table, priority, dst, dst_len if dst is not None else 0, suppress)
     return KernelRule(rule, protocol, bytes(buf[start:end]))
@@ -280,8 +284,6 @@ def decode_link_index(buf: bytes | memoryview, start: int) -> int:
 _ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)
 _ROUTE_DST = itemgetter(2)
 _WORD = 4  # the columns are 32-bit words: every field that varies is one or more
-# route_body lays out: rtmsg, RTA_TABLE (8 bytes), RTA_DST header, the address.
-_DST_AT = HDR + BODY + 8 + 4
 _RTM_FLAGS_WORD = 2  # rtm_flags: bytes 8-11 of an rtmsg
 
 
@@ -289,10 +291,24 @@ def _words(data: bytearray | bytes) -> memoryview:
     return memoryview(data).cast("I")
 
 
+def attribute_offset(msg: bytes, start: int, kind: int) -> int:
+    """Offset in ``msg`` of the payload of its first attribute ``kind``
+    (attributes from ``start`` on)."""
+    pos = start
+    while pos + 4 <= len(msg):
+        alen, atype = _unpack_rtattr(msg, pos)
+        if atype == kind:
+            return pos + 4
+        if alen < 4:
+            break
+        pos += (alen + 3) & ~3
+    raise ValueError(f"no attribute {kind} in the message")
+
+
 def masked_rtm_flags(body: bytes, mask: int) -> bytes:
     """``body`` (an rtmsg and its attributes) with rtm_flags ANDed with ``mask``."""
-    flags = int.from_bytes(body[8:12], sys.byteorder) & mask
-    return body[:8] + flags.to_bytes(4, sys.byteorder) + body[12:]
+    flags = U32.unpack_from(body, 8)[0] & mask
+    return body[:8] + U32.pack(flags) + body[12:]
 
 
 class Batch:
@@ -371,13 +387,12 @@ class Batch:
                     self.add(kind, flags, route_body(r, oif, protocol))
                 continue
             template = message(kind, flags, 0, route_body(run[0], oif, protocol))
-            if template[_DST_AT : _DST_AT + dst_len] != dsts[0]:  # route_body changed?
-                raise AssertionError("route_body no longer has the address at _DST_AT")
+            dst_at = attribute_offset(template, HDR + BODY, RTA_DST)  # route_body's own layout
             n, stride = len(run), len(template) // _WORD
             block = bytearray(template) * n
             words = _words(block)
             words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
-            self._fill(words, stride, _DST_AT // _WORD, b"".join(dsts), dst_len // _WORD)
+            self._fill(words, stride, dst_at // _WORD, b"".join(dsts), dst_len // _WORD)
             self._append_block(len(template), bytes(block))
 
     @staticmethod
@@ -607,7 +622,7 @@ class _RouteLayout:
         return good
 
 
-_U32 = struct.Struct("=I")
+_U32 = U32
 
 
 def _u32s(column: bytes) -> list[int]:
