@@ -6,10 +6,15 @@
   for a socket round trip instead of importing pylxd.
 - Work on one instance is coalesced: a burst of events for it becomes one
   sync that reads the instance's current state.
+- Keeps the applied state true between events: the repairer (repair.py)
+  repairs drift from kernel notifications and resyncs periodically.
+- Counts what it does (metrics.py), for `incus-host-tables metrics` and
+  node_exporter's textfile collector.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -19,11 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .config import ConfigError, parse_device
 from .engine import Engine
-from .hookrun import run_hook
+from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
 from .hookserver import HookServer
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
-from .lifecycle import Lifecycle, Nic
+from .lifecycle import Lifecycle, Nic, Outcome
+from .lxcconf import LxcConfError, parse_lxc_name
+from .metrics import Metrics
+from .netlink.kernel import Netlink
+from .repair import DEFAULT_RESYNC_INTERVAL, ManagedDevice, Repairer, RepairReason
 
 log = logging.getLogger("incus-host-tables")
 
@@ -39,6 +49,7 @@ SYNC_ACTIONS = {
     "instance-resumed",
 }
 Key = tuple[str, str]  # (project, name)
+TEXTFILE_INTERVAL = 15.0  # seconds between two writes of --metrics-textfile
 
 
 def event_target(event: dict[str, Any]) -> tuple[str, Key, str | None] | None:
@@ -65,8 +76,18 @@ class Daemon:
         rule_priority: int,
         workers: int = 4,
         connect: Callable[[], IncusClient] | None = None,
+        resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+        metrics_textfile: str | None = None,
     ) -> None:
         self.rule_priority = rule_priority
+        self.metrics = Metrics(
+            managed_instances=lambda: len(self._applied),
+            reasons=[reason.value for reason in RepairReason],
+        )
+        self.metrics_textfile = metrics_textfile
+        self.repairer = Repairer(
+            rule_priority=rule_priority, metrics=self.metrics, resync_interval=resync_interval
+        )
         self._connect = connect or (lambda: IncusClient(socket))
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
@@ -84,7 +105,9 @@ class Daemon:
     def engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
         if engine is None:
-            engine = self._local.engine = Engine(rule_priority=self.rule_priority)
+            netlink = self._local.netlink = Netlink()
+            self.repairer.own(netlink)  # its changes are not drift
+            engine = self._local.engine = Engine(netlink, rule_priority=self.rule_priority)
         return engine
 
     def client(self) -> IncusClient:
@@ -133,15 +156,24 @@ class Daemon:
         if snapshot is not None and not local and not previous:
             return  # another member's instance, never ours: nothing to do here
         running = local and snapshot is not None and snapshot.status == "Running"
+        # No repair of this instance while it syncs: one that ran after the
+        # sync would put back the state from before (see Repairer._repair).
+        self.repairer.forget(project, name)
         if running:
             assert snapshot is not None
             nics = snapshot.nics
+            started = time.perf_counter()
             out = lifecycle.start(project, name, nics, previous=previous)
+            self.metrics.apply_seconds.observe(time.perf_counter() - started)
             with self._state_lock:
                 self._applied[key] = nics
             for result in out.nics:
                 for line in result.changes:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
+            if out.ok:
+                self.repairer.manage(project, name, self._managed(project, name, nics))
+            else:
+                self.metrics.isolations.inc()
             return
         gone = previous or (snapshot.nics if snapshot is not None else ())
         if gone:
@@ -151,6 +183,23 @@ class Daemon:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
         with self._state_lock:
             self._applied.pop(key, None)
+
+    def _managed(self, project: str, name: str, nics: Sequence[Nic]) -> list[ManagedDevice]:
+        """The devices as just applied, by host interface index."""
+        self.engine()
+        netlink: Netlink = self._local.netlink
+        out = []
+        for nic in nics:
+            if nic.host_name is None:
+                continue
+            try:
+                intent = parse_device(nic.config)
+            except ConfigError:
+                continue
+            index = netlink.ifindex(nic.host_name)
+            if index is not None:
+                out.append(ManagedDevice(project, name, nic.device, nic.host_name, index, intent))
+        return out
 
     def _is_local(self, snapshot: InstanceSnapshot) -> bool:
         return self.member is None or snapshot.location == self.member
@@ -169,11 +218,13 @@ class Daemon:
             self.sync(key, None)
         self.engine().resync_rules()
         self.reconciles += 1
+        self.metrics.reconciles.inc()
         log.info("reconciled %d instances", len(snapshots))
 
     # -- events --------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any]) -> None:
+        self.metrics.event_received()
         target = event_target(event)
         if target is None:
             return
@@ -223,8 +274,13 @@ class Daemon:
     # -- hooks -----------------------------------------------------------------
 
     def handle_hook(self, hook: str, lxc_name: str, config_file: str) -> tuple[bool, str]:
+        if hook in STOP_HOOKS:
+            # Its routes go now: removing them is not drift to repair.
+            with contextlib.suppress(LxcConfError):
+                self.repairer.forget(*parse_lxc_name(lxc_name))
         started = time.perf_counter()
         out = run_hook(self.engine(), hook, lxc_name, config_file)
+        self._count_hook(hook, out, time.perf_counter() - started)
         log.info(
             "hook %s %s: %s in %.1f ms",
             hook,
@@ -234,22 +290,42 @@ class Daemon:
         )
         return out.ok, out.error or ""
 
+    def _count_hook(self, hook: str, out: Outcome, seconds: float) -> None:
+        if hook not in START_HOOKS:
+            return
+        self.metrics.apply_seconds.observe(seconds)
+        if not out.ok:
+            self.metrics.refusals.inc()
+            self.metrics.isolations.inc()
+
     # -- main ------------------------------------------------------------------
 
     def run(self) -> int:
-        server = HookServer(self.handle_hook, lambda: b"")
-        server.start()
+        server = HookServer(self.handle_hook, self.metrics.exposition)
+        server.start()  # first: a second daemon stops here (AlreadyRunning)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        # Subscribed to the kernel's notifications before the first reconcile.
+        self.repairer.start()
         log.info("watching Incus events; hooks served on %s", server.path)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
-        while not self._stop.wait(1.0):
-            pass
+        while not self._stop.wait(TEXTFILE_INTERVAL if self.metrics_textfile else 1.0):
+            self.write_textfile()
         server.close()
         events.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.repairer.stop()
+        self.write_textfile()
         return 0
+
+    def write_textfile(self) -> None:
+        if self.metrics_textfile is None:
+            return
+        try:
+            self.metrics.write_textfile(self.metrics_textfile)
+        except OSError as err:
+            log.warning("cannot write the metrics to %s: %s", self.metrics_textfile, err)
 
     def stop(self) -> None:
         self._stop.set()

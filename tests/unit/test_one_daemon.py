@@ -15,13 +15,33 @@ from incus_host_tables import hookclient
 from incus_host_tables.exitcodes import ExitCode
 
 
-def watch(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "incus_host_tables", "watch", "--socket", str(run_dir / "none")]
+def watch(run_dir: Path, *options: str) -> list[str]:
+    # No resync during the test: this daemon runs in the machine's namespace.
+    return [
+        sys.executable, "-m", "incus_host_tables", "watch", "--socket", str(run_dir / "none"),
+        "--resync-interval", "3600", *options,
+    ]  # fmt: skip
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "incus_host_tables", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_second_watch_exits_and_first_keeps_serving(tmp_path: Path) -> None:
     env = {**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(tmp_path)}
-    first = subprocess.Popen(watch(tmp_path), env=env, stderr=subprocess.PIPE, text=True)
+    textfile = tmp_path / "incus_host_tables.prom"
+    first = subprocess.Popen(
+        watch(tmp_path, "--metrics-textfile", str(textfile)),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         sock = tmp_path / hookclient.SOCKET_NAME
         deadline = time.monotonic() + 20
@@ -58,6 +78,39 @@ def test_second_watch_exits_and_first_keeps_serving(tmp_path: Path) -> None:
         # Answered by the first daemon: the config it was pointed at is missing.
         assert client.returncode == 1
         assert "cannot read the instance's config" in client.stderr
+
+        metrics = cli(env, "metrics")
+        assert metrics.returncode == ExitCode.OK, metrics.stderr
+        for line in (
+            'incus_host_tables_repairs_total{reason="link-flap"} 0.0',
+            'incus_host_tables_repairs_total{reason="route-deleted"} 0.0',
+            "incus_host_tables_reconciles_total 0.0",
+            "incus_host_tables_isolations_total 0.0",
+            "incus_host_tables_refusals_total 0.0",
+            'incus_host_tables_apply_seconds_bucket{le="+Inf"} 0.0',
+            "incus_host_tables_managed_instances 0.0",
+            "incus_host_tables_instances_in_error 0.0",
+            "incus_host_tables_last_event_timestamp_seconds 0.0",
+        ):
+            assert line in metrics.stdout.splitlines()
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
+    # The textfile holds the same metrics; the daemon wrote it on its way out.
+    assert "incus_host_tables_reconciles_total 0.0" in textfile.read_text().splitlines()
+
+
+def test_metrics_without_a_daemon(tmp_path: Path) -> None:
+    env = {**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(tmp_path)}
+    out = cli(env, "metrics")
+    assert out.returncode == ExitCode.ENVIRONMENT
+    assert out.stderr.startswith(f"error: no daemon answers on {tmp_path}: ")
+    assert out.stdout == ""
+
+
+def test_resync_interval_takes_whole_seconds(tmp_path: Path) -> None:
+    env = {**os.environ, "INCUS_HOST_TABLES_RUN_DIR": str(tmp_path)}
+    for bad in ("0", "1.5", "-1", "86401"):
+        out = cli(env, "watch", "--resync-interval", bad)
+        assert out.returncode == ExitCode.USAGE
+        assert f"resync interval '{bad}'" in out.stderr

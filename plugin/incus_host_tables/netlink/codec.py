@@ -15,6 +15,7 @@ only spend less interpreter time per route. See docs/performance.md.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,7 @@ RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWRULE = 32
 RTM_DELRULE = 33
@@ -71,6 +73,14 @@ FRA_PROTOCOL = 21
 FR_ACT_TO_TBL = 1
 
 IFLA_IFNAME = 3
+IFF_UP = 0x1
+
+# multicast groups of the notifications (<linux/rtnetlink.h> rtnetlink_groups)
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV4_RULE = 8
+RTNLGRP_IPV6_ROUTE = 11
+RTNLGRP_IPV6_RULE = 19
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -81,7 +91,6 @@ NLMSGERR = struct.Struct("=i")
 # Netlink speaks the host's byte order: every multi-byte field goes through
 # a "=" (native order, standard sizes) struct, never a fixed order.
 U32 = struct.Struct("=I")
-S32 = struct.Struct("=i")
 HDR = NLMSGHDR.size
 BODY = RTMSG.size
 
@@ -91,7 +100,6 @@ _unpack_hdr = NLMSGHDR.unpack_from
 _unpack_rtattr = RTATTR.unpack_from
 _unpack_rtmsg = RTMSG.unpack_from
 _unpack_u32 = U32.unpack_from
-_unpack_s32 = S32.unpack_from
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -204,6 +212,14 @@ def decode_error(buf: bytes | memoryview, start: int, end: int, flags: int) -> t
     return -error, text
 
 
+def _u32_attr(buf: bytes | memoryview, pos: int, alen: int) -> int:
+    """The 32-bit value of the attribute at ``pos``, in the host's order
+    (a truncated one reads as what it holds)."""
+    if alen >= 8:
+        return int(_unpack_u32(buf, pos + 4)[0])
+    return int.from_bytes(buf[pos + 4 : pos + alen], sys.byteorder)
+
+
 def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
     family, dst_len, _src_len, _tos, table, protocol, scope, rtype, _flags = _unpack_rtmsg(
         buf, start
@@ -220,11 +236,11 @@ def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
         if atype == RTA_DST:
             dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == RTA_OIF:
-            (oif,) = _unpack_u32(buf, pos + 4)
+            oif = _u32_attr(buf, pos, alen)
         elif atype == RTA_TABLE:
-            (table,) = _unpack_u32(buf, pos + 4)
+            table = _u32_attr(buf, pos, alen)
         elif atype == RTA_PRIORITY:
-            (priority,) = _unpack_u32(buf, pos + 4)
+            priority = _u32_attr(buf, pos, alen)
         elif atype == RTA_GATEWAY:
             gateway = bytes(buf[pos + 4 : pos + alen])
         pos += (alen + 3) & ~3
@@ -248,11 +264,12 @@ def decode_rule(buf: bytes | memoryview, start: int, end: int) -> KernelRule:
         if atype == FRA_DST:
             dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == FRA_TABLE:
-            (table,) = _unpack_u32(buf, pos + 4)
+            table = _u32_attr(buf, pos, alen)
         elif atype == FRA_PRIORITY:
-            (priority,) = _unpack_u32(buf, pos + 4)
+            priority = _u32_attr(buf, pos, alen)
         elif atype == FRA_SUPPRESS_PREFIXLEN:
-            (raw,) = _unpack_s32(buf, pos + 4)
+            raw = _u32_attr(buf, pos, alen)
+            raw -= (raw >> 31) << 32  # a signed value
             suppress = None if raw == -1 else raw
         elif atype == FRA_PROTOCOL:
             protocol = buf[pos + 4]
@@ -268,6 +285,21 @@ def link_request(seq: int, ifname: str) -> bytes:
 
 def decode_link_index(buf: bytes | memoryview, start: int) -> int:
     return int(IFINFOMSG.unpack_from(buf, start)[2])
+
+
+def decode_link(buf: bytes | memoryview, start: int, end: int) -> tuple[int, int, str]:
+    """(index, flags, name) of an RTM_NEWLINK/RTM_DELLINK."""
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, start)
+    name = ""
+    pos = start + IFINFOMSG.size
+    while pos + 4 <= end:
+        alen, atype = _unpack_rtattr(buf, pos)
+        if alen < 4:
+            break
+        if atype == IFLA_IFNAME:
+            name = bytes(buf[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
+        pos += (alen + 3) & ~3
+    return index, flags, name
 
 
 # -- bulk encoding --------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""Drift repair against the real kernel: the repairer (the daemon's code)
+subscribed to a namespace's notifications puts back what others undo, and
+gives up -- reported -- on something that keeps undoing it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from incus_host_tables import problems
+from incus_host_tables.engine import Engine
+from incus_host_tables.lab.netns import inside
+from incus_host_tables.repair import FightGuard, ManagedDevice, Repairer
+
+from .helpers import NetNS, intent
+
+pytestmark = pytest.mark.kernel
+
+V4 = "198.51.100.10"
+V6 = "2001:db8::10"
+CONFIG = {
+    "ipv4.address": V4,
+    "ipv6.address": V6,
+    "user.ipv4.host_tables": "100",
+    "user.ipv6.host_tables": "100",
+}
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+def converged(host: NetNS) -> bool:
+    """Exactly the desired state: the routes in table 100 only, with their rules."""
+    return (
+        host.route_lines("table", "100", V4) == [f"{V4} dev vh0 proto 158 scope link"]
+        and host.route_lines("table", "100", V6, v6=True)
+        == [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
+        and host.route_lines("table", "main", V4) == []
+        and host.route_lines("table", "main", V6, v6=True) == []
+        and len(host.route_lines("proto", "158")) == 1
+        and len(host.route_lines("proto", "158", v6=True)) == 1
+        and all(
+            any("lookup 100" in line and "proto 158" in line for line in host.rule_lines(v6))
+            for v6 in (False, True)
+        )
+    )
+
+
+@pytest.fixture
+def repairer(host: NetNS, make_engine: Callable[..., Engine]) -> Iterator[Repairer]:
+    make_engine(host).converge("vh0", intent(CONFIG))
+    assert converged(host)
+    repairer = Repairer(rule_priority=1100, resync_interval=3600, guard=lambda: FightGuard())
+    with inside(host.name):
+        repairer.start()
+    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(CONFIG))
+    repairer.manage("default", "c1", [device])
+    try:
+        yield repairer
+    finally:
+        repairer.stop()
+
+
+def repairs(repairer: Repairer, reason: str) -> float:
+    value = repairer.metrics.registry.get_sample_value(
+        "incus_host_tables_repairs_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def test_route_deleted_by_hand_is_put_back(host: NetNS, repairer: Repairer) -> None:
+    host.ip("route", "del", V4, "dev", "vh0", "table", "100")
+    until(lambda: converged(host), "route put back")
+    time.sleep(0.2)  # the echo of its own repair must not count as drift
+    assert repairer.repairs == 1
+    assert repairs(repairer, "route-deleted") == 1
+
+
+def test_copy_added_to_main_is_removed(host: NetNS, repairer: Repairer) -> None:
+    host.ip("route", "add", V4, "dev", "vh0")  # what Incus and `ip route add` do: proto boot
+    until(lambda: converged(host), "main copy removed")
+    assert repairs(repairer, "route-added") == 1
+
+
+def test_copy_added_to_a_table_not_chosen_is_removed(host: NetNS, repairer: Repairer) -> None:
+    host.ip("-6", "route", "add", V6, "dev", "vh0", "table", "300")
+    until(lambda: converged(host), "table 300 copy removed")
+    assert host.route_lines("table", "300", v6=True) == []
+
+
+def test_link_flap_is_repaired(host: NetNS, repairer: Repairer) -> None:
+    host.ip("link", "set", "vh0", "down")
+    until(lambda: host.route_lines("table", "100", V4) == [], "down flushes the IPv4 route")
+    host.ip("link", "set", "vh0", "up")
+    until(lambda: converged(host), "routes back after the flap")
+    assert repairs(repairer, "link-flap") >= 1
+
+
+def test_flush_of_protocol_158_is_restored(host: NetNS, repairer: Repairer) -> None:
+    host.ip("route", "flush", "table", "all", "proto", "158")
+    host.ip("-6", "route", "flush", "table", "all", "proto", "158")
+    until(lambda: converged(host), "every route restored")
+
+
+def test_rules_deleted_by_hand_are_restored(host: NetNS, repairer: Repairer) -> None:
+    for fam in ("-4", "-6"):
+        host.ip(fam, "rule", "del", "pref", "1100")
+    until(lambda: converged(host), "rules restored")
+    assert repairs(repairer, "rule-changed") >= 1
+
+
+def test_what_is_not_ours_is_left_alone(host: NetNS, repairer: Repairer) -> None:
+    # Another protocol's route on the instance's interface for another prefix,
+    # and a foreign rule: neither drift nor ours to touch.
+    host.ip("route", "add", "203.0.113.5", "dev", "vh0", "table", "100", "proto", "static")
+    host.ip("rule", "add", "pref", "1100", "iif", "lo", "lookup", "400", "proto", "static")
+    time.sleep(0.3)
+    assert host.route_lines("table", "100", "203.0.113.5") == [
+        "203.0.113.5 dev vh0 proto static scope link"
+    ]
+    assert any("lookup 400 proto static" in line for line in host.rule_lines())
+    assert converged(host)
+    assert repairer.repairs == 0
+
+
+def test_something_that_keeps_undoing_the_repair_is_not_fought(
+    host: NetNS, repairer: Repairer
+) -> None:
+    # An adversary deletes the route whenever it is back, for a bounded time.
+    deadline = time.monotonic() + 8.0
+    deletions = 0
+    while time.monotonic() < deadline and not repairer.parked():
+        if host.route_lines("table", "100", V4):
+            host.ip("route", "del", V4, "dev", "vh0", "table", "100")
+            deletions += 1
+        time.sleep(0.01)
+    parked = repairer.parked()
+    assert list(parked) == ["default/c1 device eth0 (vh0)"]
+    assert repairer.repairs == 6
+    record = problems.read("default", "c1")
+    assert record is not None and record["source"] == "drift repair"
+    message = str(record["message"])
+    assert "given up after 6 repairs, each within 10 s of the last" in message
+    assert f"route {V4}/32 dev vh0 table 100 (protocol incus-host-tables) deleted by" in message
+    # Left alone from now on: the sixth repair stays, but what undoes it
+    # next is no longer repaired.
+    host.ip("route", "del", V4, "dev", "vh0", "table", "100")
+    time.sleep(0.5)
+    assert repairer.repairs == 6
+    assert host.route_lines("table", "100", V4) == []
+    assert (
+        repairer.metrics.registry.get_sample_value("incus_host_tables_repairs_abandoned_total") == 1
+    )
+    assert deletions == 6
+
+
+def test_periodic_resync_repairs_what_no_notification_told(
+    host: NetNS, make_engine: Callable[..., Engine]
+) -> None:
+    """A resync repairs drift it was never notified of (here: a change made
+    before the repairer subscribed)."""
+    make_engine(host).converge("vh0", intent(CONFIG))
+    host.ip("route", "del", V4, "dev", "vh0", "table", "100")
+    repairer = Repairer(rule_priority=1100, resync_interval=1)
+    with inside(host.name):
+        repairer.start()
+    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(CONFIG))
+    repairer.manage("default", "c1", [device])
+    try:
+        until(lambda: converged(host), "resync repaired it", timeout=5)
+        assert repairs(repairer, "resync") == 1
+    finally:
+        repairer.stop()
