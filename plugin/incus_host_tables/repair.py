@@ -199,6 +199,10 @@ class Repairer:
         with self._cond:
             self._own_ports.update(netlink.ports())
 
+    def own_ports(self) -> frozenset[int]:
+        with self._cond:
+            return frozenset(self._own_ports)
+
     def manage(self, project: str, instance: str, devices: Collection[ManagedDevice]) -> None:
         """The instance's devices as just applied (replaces what it had):
         repaired from now on, and taken back if they were given up."""
