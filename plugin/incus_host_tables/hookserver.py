@@ -25,22 +25,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from . import hookclient
+# The protocol's constants are the client's (it cannot import anything).
+from .hookclient import (
+    FIELD_SEPARATOR,
+    PROTOCOL_VERSION,
+    REPLY_ERROR,
+    REPLY_OK,
+    REQUEST_HOOK,
+    SOCKET_NAME,
+)
 from .locking import run_dir
 
 log = logging.getLogger("incus-host-tables")
 
-# The constants both ends share (tests/unit/test_hook_protocol.py).
-PROTOCOL_VERSION = hookclient.PROTOCOL_VERSION
-FIELD_SEPARATOR = hookclient.FIELD_SEPARATOR
-SOCKET_NAME = hookclient.SOCKET_NAME
-REPLY_OK = hookclient.REPLY_OK
-REPLY_ERROR = hookclient.REPLY_ERROR
 LOCK_NAME = "daemon.lock"
 
 
 class RequestKind(Enum):
-    HOOK = hookclient.REQUEST_HOOK
+    HOOK = REQUEST_HOOK
     METRICS = "metrics"
 
 

@@ -55,60 +55,52 @@ class Metrics:
         self, managed_instances: Callable[[], int] = lambda: 0, reasons: Iterable[str] = ()
     ) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.repairs = Counter(
-            f"{PREFIX}_repairs",
+        self.repairs = self._counter(
+            "repairs",
             "Repairs of kernel state that drifted from the desired state, by what caused them",
-            ["reason"],
-            registry=r,
+            "reason",
         )
         for reason in reasons:  # every reason from the start: rate() sees the first one
             self.repairs.labels(reason)
-        self.repairs_abandoned = Counter(
-            f"{PREFIX}_repairs_abandoned",
+        self.repairs_abandoned = self._counter(
+            "repairs_abandoned",
             "Devices whose repair was given up because something kept undoing it",
-            registry=r,
         )
-        self.reconciles = Counter(
-            f"{PREFIX}_reconciles", "Full reconciles against Incus", registry=r
+        self.reconciles = self._counter("reconciles", "Full reconciles against Incus")
+        self.resyncs = self._counter("resyncs", "Full resyncs of the kernel state", "trigger")
+        self.isolations = self._counter(
+            "isolations", "Instances isolated (host routes removed everywhere) after a failed start"
         )
-        self.resyncs = Counter(
-            f"{PREFIX}_resyncs",
-            "Full resyncs of the kernel state, by trigger",
-            ["trigger"],
-            registry=r,
-        )
-        self.isolations = Counter(
-            f"{PREFIX}_isolations",
-            "Instances isolated (host routes removed everywhere) after a failed start",
-            registry=r,
-        )
-        self.refusals = Counter(
-            f"{PREFIX}_refusals", "Instance starts refused by the start hook", registry=r
-        )
+        self.refusals = self._counter("refusals", "Instance starts refused by the start hook")
         self.apply_seconds = Histogram(
             f"{PREFIX}_apply_seconds",
             "Time to converge one instance or device (read, plan, apply)",
             buckets=APPLY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self.managed_instances = Gauge(
-            f"{PREFIX}_managed_instances",
+        self.managed_instances = self._gauge(
+            "managed_instances",
             "Running local instances whose routed NICs the daemon keeps converged",
-            registry=r,
+            managed_instances,
         )
-        self.managed_instances.set_function(lambda: float(managed_instances()))
-        self.instances_in_error = Gauge(
-            f"{PREFIX}_instances_in_error",
+        self.instances_in_error = self._gauge(
+            "instances_in_error",
             "Instances with a recorded problem (shown as error by status)",
-            registry=r,
+            instances_in_error,
         )
-        self.instances_in_error.set_function(lambda: float(instances_in_error()))
-        self.last_event = Gauge(
-            f"{PREFIX}_last_event_timestamp_seconds",
+        self.last_event = self._gauge(
+            "last_event_timestamp_seconds",
             "When the last Incus lifecycle event was received (Unix time)",
-            registry=r,
         )
+
+    def _counter(self, name: str, text: str, *labels: str) -> Counter:
+        return Counter(f"{PREFIX}_{name}", text, labels, registry=self.registry)
+
+    def _gauge(self, name: str, text: str, value: Callable[[], int] | None = None) -> Gauge:
+        gauge = Gauge(f"{PREFIX}_{name}", text, registry=self.registry)
+        if value is not None:
+            gauge.set_function(lambda: float(value()))
+        return gauge
 
     def event_received(self) -> None:
         self.last_event.set(time.time())

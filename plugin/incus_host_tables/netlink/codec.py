@@ -202,14 +202,24 @@ def decode_error(buf: bytes | memoryview, start: int, end: int, flags: int) -> t
         # body unless the kernel capped it; then the ack attributes.
         orig_len = _unpack_hdr(buf, start + 4)[0]
         pos = start + 4 + (HDR if flags & NLM_F_CAPPED else (orig_len + 3) & ~3)
-        while pos + 4 <= end:
-            alen, atype = _unpack_rtattr(buf, pos)
-            if alen < 4:
-                break
+        for atype, value_start, value_end in attributes(buf, pos, end):
             if atype == NLMSGERR_ATTR_MSG:
-                text = bytes(buf[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
-            pos += (alen + 3) & ~3
+                text = _text(buf[value_start:value_end])
     return -error, text
+
+
+def attributes(buf: bytes | memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, value start, value end) of each attribute from ``pos`` to ``end``."""
+    while pos + 4 <= end:
+        alen, atype = _unpack_rtattr(buf, pos)
+        if alen < 4:
+            return
+        yield atype, pos + 4, pos + alen
+        pos += (alen + 3) & ~3
+
+
+def _text(value: bytes | memoryview) -> str:
+    return bytes(value).rstrip(b"\0").decode(errors="replace")
 
 
 def _u32_attr(buf: bytes | memoryview, pos: int, alen: int) -> int:
@@ -291,14 +301,9 @@ def decode_link(buf: bytes | memoryview, start: int, end: int) -> tuple[int, int
     """(index, flags, name) of an RTM_NEWLINK/RTM_DELLINK."""
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, start)
     name = ""
-    pos = start + IFINFOMSG.size
-    while pos + 4 <= end:
-        alen, atype = _unpack_rtattr(buf, pos)
-        if alen < 4:
-            break
+    for atype, value_start, value_end in attributes(buf, start + IFINFOMSG.size, end):
         if atype == IFLA_IFNAME:
-            name = bytes(buf[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
-        pos += (alen + 3) & ~3
+            name = _text(buf[value_start:value_end])
     return index, flags, name
 
 
@@ -324,16 +329,11 @@ def _words(data: bytearray | bytes) -> memoryview:
 
 
 def attribute_offset(msg: bytes, start: int, kind: int) -> int:
-    """Offset in ``msg`` of the payload of its first attribute ``kind``
+    """Offset in ``msg`` of the value of its first attribute ``kind``
     (attributes from ``start`` on)."""
-    pos = start
-    while pos + 4 <= len(msg):
-        alen, atype = _unpack_rtattr(msg, pos)
+    for atype, value_start, _end in attributes(msg, start, len(msg)):
         if atype == kind:
-            return pos + 4
-        if alen < 4:
-            break
-        pos += (alen + 3) & ~3
+            return value_start
     raise ValueError(f"no attribute {kind} in the message")
 
 
