@@ -11,11 +11,12 @@ repair").
   converge that finds nothing to do changes nothing. A burst (a flush, a
   link flap) becomes one converge per device: work waits ``SETTLE`` for
   the rest of the burst.
-- No fight: a device repaired again and again within ``FightGuard.window``
+- No fight: a device whose repairs keep being undone (``FightGuard``)
   waits exponentially longer each time, and after ``max_tries`` repairs it
   is left alone, reported in the log and in `status` (the problem store),
   naming the route and what undid it. A new Incus event for the instance,
-  or a successful `apply`, takes it back.
+  or a successful `apply`, takes it back. Fought-over rules wait for the
+  next full resync.
 - Safety nets: a full resync of every managed device and of the rules every
   ``resync_interval`` seconds, and at once when notifications were lost
   (the socket overflowed) or a dump stayed interrupted.
@@ -38,7 +39,7 @@ from .lifecycle import instance_lock
 from .metrics import Metrics
 from .model import LOCAL_TABLE, describe_route, describe_rule
 from .netlink.kernel import ApplyError, Netlink, NetlinkError
-from .netlink.monitor import Monitor, Notification, NotificationKind, Overflow
+from .netlink.monitor import BUFFER_BYTES, Monitor, Notification, NotificationKind, Overflow
 
 log = logging.getLogger("incus-host-tables")
 
@@ -134,21 +135,26 @@ def classify(
 class FightGuard:
     """How long a device's next repair waits, and when to give up on it.
 
-    Repairs further apart than ``window`` are unrelated; the n-th of a
-    series waits ``base * 2**(n-2)`` (the first goes at once), and after
-    ``max_tries`` the device is given up. Pure: the caller passes the time."""
+    A repair is part of a fight when it redoes some of the changes of the
+    previous repair (so something undid them) within ``window`` seconds;
+    anything else -- new drift, a slow flush deleting route after route --
+    starts afresh. In a fight the n-th repair is followed by a wait of
+    ``base * 2**(n-1)`` (none after the first), and the ``max_tries``-th
+    gives up. Pure: the caller passes the time and the changes (as text)."""
 
     base: float = 0.1
     window: float = 10.0
     max_tries: int = 6
     tries: int = 0
     last: float = float("-inf")
+    last_changes: frozenset[str] = frozenset()
 
-    def repaired(self, now: float) -> float | None:
-        """Note a repair at ``now``: the earliest time of the next one, or
-        None when the device is to be given up."""
-        self.tries = self.tries + 1 if now - self.last <= self.window else 1
-        self.last = now
+    def repaired(self, now: float, changes: frozenset[str]) -> float | None:
+        """Note a repair at ``now`` that made ``changes``: the earliest time
+        of the next one, or None when the device is to be given up."""
+        undone = now - self.last <= self.window and not changes.isdisjoint(self.last_changes)
+        self.tries = self.tries + 1 if undone else 1
+        self.last, self.last_changes = now, changes
         if self.tries >= self.max_tries:
             return None
         return now if self.tries == 1 else now + self.base * 2 ** (self.tries - 1)
@@ -171,11 +177,13 @@ class Repairer:
         metrics: Metrics | None = None,
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         guard: Callable[[], FightGuard] = FightGuard,
+        notification_buffer: int = BUFFER_BYTES,
     ) -> None:
         self.rule_priority = rule_priority
         self.metrics = metrics or Metrics()
         self.resync_interval = resync_interval
         self._new_guard = guard
+        self._notification_buffer = notification_buffer
         self._cond = threading.Condition()
         self._devices: dict[int, ManagedDevice] = {}
         self._pending: dict[int, _Pending] = {}
@@ -235,7 +243,10 @@ class Repairer:
     def parked(self) -> dict[str, str]:
         """Devices given up: label -> why."""
         with self._cond:
-            return {self._devices[i].label: why for i, why in self._parked.items()}
+            return {
+                self._devices[i].label if i != RULES else "rules": why
+                for i, why in self._parked.items()
+            }
 
     # -- notifications -----------------------------------------------------------
 
@@ -272,7 +283,7 @@ class Repairer:
     def start(self) -> None:
         """Subscribe first, then work: nothing that happens after this
         returns goes unseen."""
-        self._monitor = Monitor()
+        self._monitor = Monitor(self._notification_buffer)
         netlink = Netlink()
         self.own(netlink)
         self._engine = Engine(netlink, rule_priority=self.rule_priority)
@@ -345,6 +356,8 @@ class Repairer:
         with self._cond:
             self._next_resync = time.monotonic() + self.resync_interval
             self._pending.clear()  # the resync covers them
+            if self._parked.pop(RULES, None) is not None:
+                self._guards.pop(RULES, None)  # the rules get another series of tries
             for index in list(self._parked):
                 device = self._devices[index]
                 recorded = problems.read(device.project, device.instance)
@@ -406,15 +419,14 @@ class Repairer:
         now = time.monotonic()
         with self._cond:
             guard = self._guards.setdefault(index, self._new_guard())
-            next_at = guard.repaired(now)
+            next_at = guard.repaired(now, frozenset(dp.lines()))
             if next_at is not None:
                 self._not_before[index] = next_at
                 return
             message = (
                 f"drift repair of device {device.device} ({device.host_name}) given up after "
-                f"{guard.tries} repairs, each within {guard.window:g} s of the last: something "
-                f"keeps undoing it; "
-                f"last: {drift.what}"
+                f"{guard.tries} repairs, each undone again within {guard.window:g} s: "
+                f"something keeps undoing it; last: {drift.what}"
             )
             self._parked[index] = message
         self.metrics.repairs_abandoned.inc()
@@ -422,14 +434,35 @@ class Repairer:
         problems.record(device.project, device.instance, message, PROBLEM_SOURCE)
 
     def _repair_rules(self, drift: Drift) -> None:
+        """Resync the rules. Fought over, they are left until the next full
+        resync (rules are the host's, not one instance's: nothing to park)."""
         engine = self._engine
         assert engine is not None
+        with self._cond:
+            if RULES in self._parked:
+                return
         try:
             dp = engine.resync_rules()
         except (ApplyError, NetlinkError) as err:
             log.error("rules resync failed: %s", err)
             return
-        if dp.plan:
-            self.metrics.repairs.labels(drift.reason.value).inc()
-            self.repairs += 1
-            log.warning("repaired rules (%s): %s", drift.what, "; ".join(dp.lines()))
+        if not dp.plan:
+            return
+        self.metrics.repairs.labels(drift.reason.value).inc()
+        self.repairs += 1
+        log.warning("repaired rules (%s): %s", drift.what, "; ".join(dp.lines()))
+        with self._cond:
+            guard = self._guards.setdefault(RULES, self._new_guard())
+            next_at = guard.repaired(time.monotonic(), frozenset(dp.lines()))
+            if next_at is not None:
+                self._not_before[RULES] = next_at
+                return
+            self._parked[RULES] = drift.what
+        self.metrics.repairs_abandoned.inc()
+        log.error(
+            "rules repair given up until the next full resync after %d repairs, each undone "
+            "again within %g s: something keeps undoing it; last: %s",
+            guard.tries,
+            guard.window,
+            drift.what,
+        )

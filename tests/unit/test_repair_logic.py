@@ -122,20 +122,29 @@ def test_link_state_travels_with_the_drift() -> None:
     assert down is not None and down[1].link_up is False
 
 
+SAME = frozenset({"+ route 198.51.100.10/32 dev veth1 table 100"})
+
+
 @pytest.mark.parametrize(
-    ("times", "expected"),
+    ("repairs", "expected"),
     [
-        pytest.param([0.0], [0.0], id="first-repair-at-once"),
-        pytest.param([0.0, 0.05, 0.3], [0.0, 0.25, 0.7], id="doubling"),
-        pytest.param([0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0], [0.0, 20.0, 40.0, 60.0, 80.0,
-                     100.0, 120.0], id="far-apart-never-gives-up"),
-        pytest.param([0.0, 0.1, 0.3, 0.7, 1.5, 3.1], [0.0, 0.3, 0.7, 1.5, 3.1, None],
-                     id="gives-up-after-six"),
+        pytest.param([(0.0, SAME)], [0.0], id="first-repair-at-once"),
+        pytest.param([(0.0, SAME), (0.05, SAME), (0.3, SAME)], [0.0, 0.25, 0.7], id="doubling"),
+        pytest.param([(t * 20.0, SAME) for t in range(7)], [t * 20.0 for t in range(7)],
+                     id="far-apart-never-gives-up"),
+        pytest.param([(t * 0.01, frozenset({f"- route {t}"})) for t in range(10)],
+                     [t * 0.01 for t in range(10)], id="new-drift-each-time-is-no-fight"),
+        pytest.param([(0.0, SAME), (0.1, SAME), (0.3, SAME), (0.7, SAME), (1.5, SAME), (3.1, SAME)],
+                     [0.0, 0.3, 0.7, 1.5, 3.1, None], id="gives-up-after-six"),
+        pytest.param([(0.0, SAME), (0.1, SAME | {"x"}), (0.3, frozenset({"y"})), (0.4, SAME)],
+                     [0.0, 0.3, 0.3, 0.4], id="a-series-ends-when-nothing-is-redone"),
     ],
 )  # fmt: skip
-def test_fight_guard(times: list[float], expected: list[float | None]) -> None:
+def test_fight_guard(
+    repairs: list[tuple[float, frozenset[str]]], expected: list[float | None]
+) -> None:
     guard = FightGuard(base=0.1, window=10.0, max_tries=6)
-    got = [guard.repaired(t) for t in times]
+    got = [guard.repaired(t, changes) for t, changes in repairs]
     assert got == pytest.approx(expected)
 
 

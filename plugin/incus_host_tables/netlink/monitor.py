@@ -107,7 +107,7 @@ class Monitor:
     """A socket subscribed to route, rule and link notifications (IPv4 and
     IPv6), in the namespace of the thread that opens it."""
 
-    def __init__(self) -> None:
+    def __init__(self, buffer_bytes: int = BUFFER_BYTES) -> None:
         self._sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
         )
@@ -116,9 +116,9 @@ class Monitor:
             for group in GROUPS:
                 self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
             try:
-                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
             except PermissionError:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_BYTES)
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         except BaseException:
             self._sock.close()
             raise
