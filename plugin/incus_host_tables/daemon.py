@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -90,6 +91,7 @@ class Daemon:
         )
         self._connect = connect or (lambda: IncusClient(socket))
         self._local = threading.local()
+        self._hook_engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
         self._state_lock = threading.Lock()
         self._applied: dict[Key, Sequence[Nic]] = {}
@@ -102,13 +104,31 @@ class Daemon:
 
     # -- per-thread resources ----------------------------------------------
 
+    def _new_engine(self, netlink: Netlink) -> Engine:
+        self.repairer.own(netlink)  # its changes are not drift
+        return Engine(netlink, rule_priority=self.rule_priority)
+
     def engine(self) -> Engine:
+        """The calling worker's engine (the workers are a fixed pool)."""
         engine = getattr(self._local, "engine", None)
         if engine is None:
             netlink = self._local.netlink = Netlink()
-            self.repairer.own(netlink)  # its changes are not drift
-            engine = self._local.engine = Engine(netlink, rule_priority=self.rule_priority)
+            engine = self._local.engine = self._new_engine(netlink)
         return engine
+
+    @contextlib.contextmanager
+    def hook_engine(self) -> Iterator[Engine]:
+        """An engine for one hook: every hook has a thread of its own, so
+        engines are lent from a pool as large as the most hooks at once
+        (not one per thread, whose sockets would pile up)."""
+        try:
+            engine = self._hook_engines.get_nowait()
+        except queue.Empty:
+            engine = self._new_engine(Netlink())
+        try:
+            yield engine
+        finally:
+            self._hook_engines.put(engine)
 
     def client(self) -> IncusClient:
         client = getattr(self._local, "client", None)
@@ -279,7 +299,8 @@ class Daemon:
             with contextlib.suppress(LxcConfError):
                 self.repairer.forget(*parse_lxc_name(lxc_name))
         started = time.perf_counter()
-        out = run_hook(self.engine(), hook, lxc_name, config_file)
+        with self.hook_engine() as engine:
+            out = run_hook(engine, hook, lxc_name, config_file)
         self._count_hook(hook, out, time.perf_counter() - started)
         log.info(
             "hook %s %s: %s in %.1f ms",

@@ -178,6 +178,7 @@ class Repairer:
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         guard: Callable[[], FightGuard] = FightGuard,
         notification_buffer: int = BUFFER_BYTES,
+        engine: Engine | None = None,
     ) -> None:
         self.rule_priority = rule_priority
         self.metrics = metrics or Metrics()
@@ -197,7 +198,7 @@ class Repairer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._monitor: Monitor | None = None
-        self._engine: Engine | None = None
+        self._engine = engine  # made by start() unless given (tests)
         self.repairs = 0  # converges that changed something (tests, bench)
 
     # -- the applied state -----------------------------------------------------
@@ -284,9 +285,10 @@ class Repairer:
         """Subscribe first, then work: nothing that happens after this
         returns goes unseen."""
         self._monitor = Monitor(self._notification_buffer)
-        netlink = Netlink()
-        self.own(netlink)
-        self._engine = Engine(netlink, rule_priority=self.rule_priority)
+        if self._engine is None:
+            netlink = Netlink()
+            self.own(netlink)
+            self._engine = Engine(netlink, rule_priority=self.rule_priority)
         for target, name in ((self._read, "notifications"), (self._work, "repair")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -323,31 +325,42 @@ class Repairer:
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                now = time.monotonic()
-                due = [i for i, p in self._pending.items() if p.due <= now and i != RULES]
-                rules_due = RULES in self._pending and self._pending[RULES].due <= now
-                resync = self._resync
-                if resync is None and now >= self._next_resync:
-                    resync = RepairReason.RESYNC
-                if not due and not rules_due and resync is None:
-                    wake = min([p.due for p in self._pending.values()] + [self._next_resync])
-                    self._cond.wait(timeout=max(wake - now, 0.0))
+                wait = self._wait_time(time.monotonic())
+                if wait > 0:
+                    self._cond.wait(timeout=wait)
                     continue
-                work = [(i, self._pending.pop(i).drift) for i in due]
-                rules = self._pending.pop(RULES).drift if rules_due else None
-                self._resync = None
             try:
-                if resync is not None:
-                    self.resync(resync)
-                    continue
-                for index, drift in work:
-                    self._repair(index, drift)
-                if rules is not None:
-                    self._repair_rules(rules)
+                self.run_due()
             except Exception:  # the repair thread must live on
                 log.exception("drift repair failed; full resync")
                 self.request_resync(RepairReason.RESYNC)
                 self._stop.wait(1.0)
+
+    def _wait_time(self, now: float) -> float:
+        """Seconds until something is due (0: now). Under the condition."""
+        if self._resync is not None:
+            return 0.0
+        return max(min([p.due for p in self._pending.values()] + [self._next_resync]) - now, 0.0)
+
+    def run_due(self) -> None:
+        """Do what is due now: a full resync, or the device repairs due and
+        then the rules (a repaired route may need its rule)."""
+        with self._cond:
+            now = time.monotonic()
+            resync = self._resync
+            if resync is None and now >= self._next_resync:
+                resync = RepairReason.RESYNC
+            self._resync = None
+            due = [i for i, p in self._pending.items() if p.due <= now]
+            work = {i: self._pending.pop(i).drift for i in due}
+        if resync is not None:
+            self.resync(resync)
+            return
+        rules = work.pop(RULES, None)
+        for index, drift in work.items():
+            self._repair(index, drift)
+        if rules is not None:
+            self._repair_rules(rules)
 
     # -- repairing -----------------------------------------------------------------
 
@@ -363,6 +376,7 @@ class Repairer:
                 recorded = problems.read(device.project, device.instance)
                 if recorded is None or recorded.get("source") != PROBLEM_SOURCE:
                     del self._parked[index]  # cleared by a successful apply: ours again
+                    self._guards.pop(index, None)
                     log.info("%s: repairs resumed (problem cleared)", device.label)
             indexes = [i for i in self._devices if i not in self._parked and i not in self._down]
         self.metrics.resyncs.labels(reason.value).inc()
