@@ -4,6 +4,7 @@ gives up -- reported -- on something that keeps undoing it."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,9 +14,10 @@ from incus_host_tables import problems
 from incus_host_tables.engine import Engine
 from incus_host_tables.lab.netns import inside
 from incus_host_tables.netlink.kernel import Change, Netlink
+from incus_host_tables.netlink.monitor import Monitor, NotificationKind
 from incus_host_tables.repair import FightGuard, ManagedDevice, Repairer, RepairReason
 
-from .helpers import NetNS, intent
+from .helpers import NetNS, cli_argv, intent, run_cli
 
 pytestmark = pytest.mark.kernel
 
@@ -263,3 +265,74 @@ def test_rules_fought_over_wait_for_the_next_resync(host: NetNS, repairer: Repai
     repairer.request_resync(RepairReason.RESYNC)  # what the next periodic resync does
     until(lambda: converged(host), "the resync put the rule back")
     assert repairer.parked() == {}
+
+
+BIG = {  # 12,000 routes: 4,000 addresses in three tables
+    "ipv4.address": ",".join(f"198.18.{i >> 8}.{i & 255}" for i in range(1, 4001)),
+    "user.ipv4.host_tables": "100,200,250",
+}
+
+
+def kill_apply_after(host: NetNS, routes_seen: int) -> int:
+    """Start `device apply` of BIG, SIGKILL it once the kernel announced
+    ``routes_seen`` new routes; how many of the plugin's routes it made."""
+    with inside(host.name):
+        watcher = Monitor()
+    try:
+        argv = ["ip", "netns", "exec", host.name, *cli_argv("apply", "vh0", BIG)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < routes_seen and time.monotonic() < deadline:
+            seen += sum(n.kind is NotificationKind.ROUTE_ADDED for n in watcher.read(timeout=1))
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        watcher.close()
+    return len(host.route_lines("proto", "158"))
+
+
+@pytest.mark.parametrize(
+    ("routes_seen", "managed"),
+    [
+        pytest.param(1, BIG, id="early-same-config"),
+        pytest.param(50, BIG, id="later-same-config"),
+        pytest.param(1, CONFIG, id="early-config-changed"),
+        pytest.param(50, CONFIG, id="later-config-changed"),
+    ],
+)
+def test_a_killed_apply_is_made_exact_by_the_resync(
+    host: NetNS, routes_seen: int, managed: dict[str, str]
+) -> None:
+    """`device apply` of 12,000 routes killed (SIGKILL) once the kernel has
+    made ``routes_seen`` of them, then the daemon's resync with the config it
+    knows: exactly its routes, exactly the rules they need -- none left for
+    the tables of the killed apply."""
+    for _attempt in range(3):  # a busy machine may let the apply finish first: again
+        made = kill_apply_after(host, routes_seen)
+        if made < 12_000:
+            break
+        assert run_cli(host, "cleanup", "vh0", BIG).returncode == 0
+    assert routes_seen <= made < 12_000, f"killed after {made} routes: not partway"
+
+    repairer = Repairer(rule_priority=1100, resync_interval=3600)
+    with inside(host.name):
+        repairer.start()
+    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(managed))
+    repairer.manage("default", "c1", [device])
+    try:
+        repairer.request_resync(RepairReason.RESYNC)
+        if managed is CONFIG:
+            until(lambda: converged(host), "exactly the managed config", timeout=30)
+        else:
+
+            def exact() -> bool:
+                routes = host.route_lines("proto", "158")
+                rules = [line for line in host.rule_lines() if "proto 158" in line]
+                return len(routes) == 12_000 and len(rules) == 3
+
+            until(exact, "all 12,000 routes and their 3 rules", timeout=30)
+            lines = host.route_lines("proto", "158")
+            assert {line.split(" table ")[1].split()[0] for line in lines} == {"100", "200", "250"}
+    finally:
+        repairer.stop()
