@@ -82,12 +82,14 @@ class Daemon:
     ) -> None:
         self.rule_priority = rule_priority
         self.metrics = Metrics(
-            managed_instances=lambda: len(self._applied),
+            managed_instances=lambda: len(
+                {(d.project, d.instance) for d in self.repairer.managed()}
+            ),
             reasons=[reason.value for reason in RepairReason],
         )
         self.metrics_textfile = metrics_textfile
         self.repairer = Repairer(
-            rule_priority=rule_priority, metrics=self.metrics, resync_interval=resync_interval
+            new_engine=self._new_engine, metrics=self.metrics, resync_interval=resync_interval
         )
         self._connect = connect or (lambda: IncusClient(socket))
         self._local = threading.local()
@@ -101,6 +103,9 @@ class Daemon:
         self._events_client: IncusClient | None = None
         self.member: str | None = None
         self.reconciles = 0
+
+    def _managed_instances(self) -> int:
+        return len({(d.project, d.instance) for d in self.repairer.managed()})
 
     # -- per-thread resources ----------------------------------------------
 

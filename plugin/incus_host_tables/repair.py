@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from . import problems
-from .config import DeviceIntent
+from .config import ConfigError, DeviceIntent
+from .desired import DEFAULT_RULE_PRIORITY
 from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing
 from .lifecycle import instance_lock
 from .metrics import Metrics
@@ -173,14 +174,16 @@ class Repairer:
     def __init__(
         self,
         *,
-        rule_priority: int,
+        rule_priority: int = DEFAULT_RULE_PRIORITY,
+        new_engine: Callable[[Netlink], Engine] | None = None,
         metrics: Metrics | None = None,
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         guard: Callable[[], FightGuard] = FightGuard,
         notification_buffer: int = BUFFER_BYTES,
         engine: Engine | None = None,
     ) -> None:
-        self.rule_priority = rule_priority
+        # The daemon's own engine settings (start() makes the repair engine).
+        self._new_engine = new_engine or (lambda nl: Engine(nl, rule_priority=rule_priority))
         self.metrics = metrics or Metrics()
         self.resync_interval = resync_interval
         self._new_guard = guard
@@ -288,7 +291,7 @@ class Repairer:
         if self._engine is None:
             netlink = Netlink()
             self.own(netlink)
-            self._engine = Engine(netlink, rule_priority=self.rule_priority)
+            self._engine = self._new_engine(netlink)
         for target, name in ((self._read, "notifications"), (self._work, "repair")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -419,7 +422,7 @@ class Repairer:
                 return
             log.error("%s: repair failed: %s", device.label, err)
             return
-        except ApplyError as err:
+        except (ApplyError, ConfigError) as err:
             log.error("%s: repair failed (%s): %s", device.label, drift.what, err)
             return
         if not dp.plan:
