@@ -124,15 +124,17 @@ def test_status_and_metrics_report_the_repairs(
     plug.lab.ns_run("ip", "route", "del", "198.51.100.151", "dev", ifname, "table", "100")
     assert_exact(plug, want, rules_for({"100", "200"}))
 
-    def deleted_repairs(text: str) -> float:
+    def value(text: str, series: str) -> float:
         for line in text.splitlines():
-            if line.startswith('incus_host_tables_repairs_total{reason="route-deleted"}'):
+            if line.startswith(series + " "):
                 return float(line.split()[-1])
-        raise AssertionError(f"no route-deleted repairs in:\n{text}")
+        raise AssertionError(f"no {series} in:\n{text}")
 
+    deleted = 'incus_host_tables_repairs_total{reason="route-deleted"}'
     after = plug.cli("metrics")
-    assert deleted_repairs(after.stdout) == deleted_repairs(before.stdout) + 1
-    assert "incus_host_tables_managed_instances " in after.stdout
+    assert value(after.stdout, deleted) == value(before.stdout, deleted) + 1
+    assert value(after.stdout, "incus_host_tables_managed_instances") >= 1
+    assert value(after.stdout, "incus_host_tables_last_event_timestamp_seconds") > 0
 
 
 STORM = 8  # containers started at once (the machine has 2 cores for everyone)
