@@ -372,6 +372,8 @@ class Repairer:
         with self._cond:
             self._next_resync = time.monotonic() + self.resync_interval
             self._pending.clear()  # the resync covers them
+            if reason is RepairReason.OVERFLOW:
+                self._down.clear()  # a lost "up" must not keep a device unrepaired
             if self._parked.pop(RULES, None) is not None:
                 self._guards.pop(RULES, None)  # the rules get another series of tries
             for index in list(self._parked):
