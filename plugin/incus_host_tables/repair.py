@@ -25,6 +25,7 @@ repair").
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import threading
 import time
@@ -91,8 +92,26 @@ def protocol_name(protocol: int) -> str:
     return PROTOCOL_NAMES.get(protocol, str(protocol))
 
 
-def _by(sender: int) -> str:
-    return "by the kernel" if sender == 0 else f"by netlink port {sender}"
+def sender_port(sender: int) -> str:
+    return "the kernel" if sender == 0 else f"netlink port {sender}"
+
+
+PID_MAX = 1 << 22  # the kernel's limit: a larger port is never a process's first socket
+
+
+def sender_process(sender: int) -> str:
+    """``sender_port``, plus the process whose PID the port is, if one runs:
+    a process's first netlink socket gets its PID as port, so this names the
+    culprit more often than not (hence "likely")."""
+    text = sender_port(sender)
+    if not 0 < sender < PID_MAX:
+        return text
+    try:
+        with open(f"/proc/{sender}/comm", encoding="utf-8", errors="replace") as f:
+            comm = f.read().strip()
+    except OSError:
+        return text
+    return f"{text} (likely {comm}, pid {sender})"
 
 
 def classify(
@@ -100,9 +119,15 @@ def classify(
     devices: Mapping[int, ManagedDevice],
     own_ports: Collection[int],
     protocol: int = PROTOCOL,
+    who: Callable[[int], str] = sender_port,
 ) -> tuple[int, Drift] | None:
     """(the interface index to repair, or RULES; the drift), or None when
-    the notification cannot mean drift of a managed device. Pure."""
+    the notification cannot mean drift of a managed device. Pure, unless
+    ``who`` (how the sender is named) is not."""
+
+    def _by(sender: int) -> str:
+        return f"by {who(sender)}"
+
     if note.sender and note.sender in own_ports:
         return None  # the daemon's own change
     if note.route is not None:
@@ -256,9 +281,10 @@ class Repairer:
 
     def notify(self, notes: list[Notification]) -> None:
         now = time.monotonic()
+        who = functools.cache(sender_process)  # one look in /proc per sender and batch
         with self._cond:
             for note in notes:
-                found = classify(note, self._devices, self._own_ports)
+                found = classify(note, self._devices, self._own_ports, who=who)
                 if found is None:
                     continue
                 index, drift = found

@@ -174,3 +174,16 @@ def test_decode_notifications_reads_kind_sender_and_content() -> None:
     assert notes[0].route is not None and (notes[0].route.route, notes[0].route.oif) == (r, 7)
     assert notes[1].rule is not None and notes[1].rule.rule == rl
     assert notes[2].link == Link(7, c.IFF_UP, "veth1")
+
+
+def test_sender_process_names_a_running_process_by_its_port() -> None:
+    import os
+    from pathlib import Path
+
+    from incus_host_tables.repair import sender_process
+
+    pid = os.getpid()
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert sender_process(pid) == f"netlink port {pid} (likely {comm}, pid {pid})"
+    assert sender_process(0) == "the kernel"
+    assert sender_process(4_000_000_000) == "netlink port 4000000000"  # not a first socket
