@@ -44,8 +44,7 @@ from incus_host_tables.netlink import codec as c
 from incus_host_tables.netlink.kernel import Change, Netlink
 from incus_host_tables.netlink.monitor import Monitor, NotificationKind
 from incus_host_tables.repair import FightGuard, ManagedDevice, Repairer
-
-from .netns import Namespaces, NetNS
+from lab.netns import Namespaces, NetNS
 
 TARGET_P99_MS = 100.0
 RTPROT_BOOT = 3

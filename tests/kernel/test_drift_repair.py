@@ -12,12 +12,12 @@ import pytest
 
 from incus_host_tables import problems
 from incus_host_tables.engine import Engine
-from incus_host_tables.lab.netns import inside
 from incus_host_tables.netlink.kernel import Change, Netlink
 from incus_host_tables.netlink.monitor import Monitor, NotificationKind
 from incus_host_tables.repair import FightGuard, ManagedDevice, Repairer, RepairReason
+from lab.netns import NetNS, inside
 
-from .helpers import NetNS, cli_argv, intent, run_cli
+from .helpers import cli_argv, intent, run_cli
 
 pytestmark = pytest.mark.kernel
 
