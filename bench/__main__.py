@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.netns import Namespaces
 
-from . import figures, lab_figures, repair, report
+from . import figures, lab_figures, repair, report, rule_lookup
 from .figures import Results
 
 HERE = Path(__file__).resolve().parent
@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
     p.add_argument(
         "--only",
-        choices=("bulk", "exec", "read", "repair", "lab"),
+        choices=("bulk", "exec", "read", "rules", "repair", "lab"),
         action="append",
-        help="run only these parts (lab: start hook and event storm on a real Incus; "
-        "repair: drift-repair latency)",
+        help="run only these parts (rules: route lookups from lo under three rule layouts; "
+        "repair: drift-repair latency; lab: start hook and event storm on a real Incus)",
+    )
+    p.add_argument(
+        "--lookups", type=int, default=20_000, help="route lookups per rule-layout figure"
     )
     p.add_argument("--repair-samples", type=int, default=200, help="samples per repair scenario")
     p.add_argument("--starts", type=int, default=20, help="incus starts per variant (lab)")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ip") is None:
         print("python -m bench needs iproute2 (ip)", file=sys.stderr)
         return 2
-    parts = set(args.only or ("bulk", "exec", "read", "repair", "lab"))
+    parts = set(args.only or ("bulk", "exec", "read", "rules", "repair", "lab"))
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -85,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res.series += got.series
                 res.facts.update(got.facts)
+        if "rules" in parts:
+            rules = rule_lookup.rule_lookup(
+                nss, rule_lookup.ADDRESSES, args.lookups, args.reps, log
+            )
+            res.facts["rule_lookup"] = rules
+            for line in rule_lookup.lines(rules):
+                log(line)
         repair_results: dict[str, Any] | None = None
         if "repair" in parts:
             repair_results = repair.run(nss, args.repair_samples, 20_000, run_dir, log)

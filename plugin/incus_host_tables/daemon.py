@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .config import ConfigError, parse_device
+from .desired import DEFAULT_RP_TABLE
 from .engine import Engine
 from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
 from .hookserver import HookServer
@@ -75,16 +76,16 @@ class Daemon:
         *,
         socket: str | None = None,
         rule_priority: int,
+        rp_table: int = DEFAULT_RP_TABLE,
         workers: int = 4,
         connect: Callable[[], IncusClient] | None = None,
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         metrics_textfile: str | None = None,
     ) -> None:
         self.rule_priority = rule_priority
+        self.rp_table = rp_table
         self.metrics = Metrics(
-            managed_instances=lambda: len(
-                {(d.project, d.instance) for d in self.repairer.managed()}
-            ),
+            managed_instances=self._managed_instances,
             reasons=[reason.value for reason in RepairReason],
         )
         self.metrics_textfile = metrics_textfile
@@ -111,7 +112,7 @@ class Daemon:
 
     def _new_engine(self, netlink: Netlink) -> Engine:
         self.repairer.own(netlink)  # its changes are not drift
-        return Engine(netlink, rule_priority=self.rule_priority)
+        return Engine(netlink, rule_priority=self.rule_priority, rp_table=self.rp_table)
 
     def engine(self) -> Engine:
         """The calling worker's engine (the workers are a fixed pool)."""

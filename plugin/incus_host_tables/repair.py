@@ -37,11 +37,12 @@ from . import problems
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RULE_PRIORITY
 from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing
-from .lifecycle import instance_lock
+from .locking import instance_lock
 from .metrics import Metrics
 from .model import LOCAL_TABLE, describe_route, describe_rule
 from .netlink.kernel import ApplyError, Netlink, NetlinkError
 from .netlink.monitor import BUFFER_BYTES, Monitor, Notification, NotificationKind, Overflow
+from .ownership import protocol_name
 
 log = logging.getLogger("incus-host-tables")
 
@@ -49,8 +50,6 @@ SETTLE = 0.002  # seconds a burst of notifications gets to arrive in full
 DEFAULT_RESYNC_INTERVAL = 60.0
 RULES = -1  # the pending key of a rules resync (interface indexes are > 0)
 PROBLEM_SOURCE = "drift repair"
-
-PROTOCOL_NAMES = {2: "kernel", 3: "boot", 4: "static", 9: "ra", 11: "zebra", 12: "bird", 16: "dhcp"}
 
 
 class RepairReason(Enum):
@@ -84,12 +83,6 @@ class Drift:
     reason: RepairReason
     what: str
     link_up: bool | None = None  # for link notifications: the state it reports
-
-
-def protocol_name(protocol: int) -> str:
-    if protocol == PROTOCOL:
-        return "incus-host-tables"
-    return PROTOCOL_NAMES.get(protocol, str(protocol))
 
 
 def sender_port(sender: int) -> str:

@@ -40,17 +40,21 @@ def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
 
 
 def converged(host: NetNS) -> bool:
-    """Exactly the desired state: the routes in table 100 only, with their rules."""
+    """Exactly the desired state: the routes in table 100 (and their copies in
+    the reverse-path table 1158) only, with its one rule per family."""
     return (
         host.route_lines("table", "100", V4) == [f"{V4} dev vh0 proto 158 scope link"]
         and host.route_lines("table", "100", V6, v6=True)
         == [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
         and host.route_lines("table", "main", V4) == []
         and host.route_lines("table", "main", V6, v6=True) == []
-        and len(host.route_lines("proto", "158")) == 1
-        and len(host.route_lines("proto", "158", v6=True)) == 1
+        # table 100 and the reverse-path table: nowhere else
+        and len(host.route_lines("proto", "158")) == 2
+        and len(host.route_lines("proto", "158", v6=True)) == 2
+        and len(host.route_lines("table", "1158", V4)) == 1
         and all(
-            any("lookup 100" in line and "proto 158" in line for line in host.rule_lines(v6))
+            [line for line in host.rule_lines(v6) if "proto 158" in line]
+            == ["1100:\tfrom all iif lo lookup 1158 proto 158"]
             for v6 in (False, True)
         )
     )
@@ -151,7 +155,9 @@ def test_something_that_keeps_undoing_the_repair_is_not_fought(
     assert record is not None and record["source"] == "drift repair"
     message = str(record["message"])
     assert "given up after 6 repairs, each undone again within 10 s" in message
-    assert f"route {V4}/32 dev vh0 table 100 (protocol incus-host-tables) deleted by" in message
+    assert (
+        f"route {V4}/32 dev vh0 table 100 (protocol incus-host-tables (158)) deleted by" in message
+    )
     # Left alone from now on: whatever undoes the sixth repair (the
     # adversary may have already) is no longer repaired.
     host.ip("route", "del", V4, "dev", "vh0", "table", "100", check=False)
@@ -190,7 +196,7 @@ def test_a_burst_is_one_converge(host: NetNS, repairer: Repairer) -> None:
         offender = Netlink()  # not the repairer's: its changes are drift
     try:
         ours = [kr for kr in offender.link_routes(host.ifindex("vh0")) if kr.protocol == 158]
-        assert len(ours) == 2
+        assert len(ours) == 4  # two in table 100, their copies in the reverse-path table
         offender.apply([Change("del-route", kr) for kr in ours], 0)
     finally:
         offender.close()
@@ -253,12 +259,12 @@ def test_rules_fought_over_wait_for_the_next_resync(host: NetNS, repairer: Repai
     deadline = time.monotonic() + 8.0
     while time.monotonic() < deadline and "rules" not in repairer.parked():
         if any("proto 158" in line for line in host.rule_lines()):
-            host.ip("rule", "del", "pref", "1100", "lookup", "100")
+            host.ip("rule", "del", "pref", "1100", "lookup", "1158")
         time.sleep(0.01)
     assert "rules" in repairer.parked()
     assert repairer.repairs == 6
     # Whatever undoes the sixth repair (the adversary may have already) is left alone.
-    host.ip("rule", "del", "pref", "1100", "lookup", "100", check=False)
+    host.ip("rule", "del", "pref", "1100", "lookup", "1158", check=False)
     time.sleep(0.3)
     assert not any("proto 158" in line for line in host.rule_lines())
     assert repairer.repairs == 6
@@ -267,6 +273,7 @@ def test_rules_fought_over_wait_for_the_next_resync(host: NetNS, repairer: Repai
     assert repairer.parked() == {}
 
 
+ALL_BIG = 16_000  # with the 4,000 copies in the reverse-path table
 BIG = {  # 12,000 routes: 4,000 addresses in three tables
     "ipv4.address": ",".join(f"198.18.{i >> 8}.{i & 255}" for i in range(1, 4001)),
     "user.ipv4.host_tables": "100,200,250",
@@ -310,10 +317,10 @@ def test_a_killed_apply_is_made_exact_by_the_resync(
     the tables of the killed apply."""
     for _attempt in range(3):  # a busy machine may let the apply finish first: again
         made = kill_apply_after(host, routes_seen)
-        if made < 12_000:
+        if made < ALL_BIG:
             break
         assert run_cli(host, "cleanup", "vh0", BIG).returncode == 0
-    assert routes_seen <= made < 12_000, f"killed after {made} routes: not partway"
+    assert routes_seen <= made < ALL_BIG, f"killed after {made} routes: not partway"
 
     repairer = Repairer(rule_priority=1100, resync_interval=3600)
     with inside(host.name):
@@ -329,10 +336,15 @@ def test_a_killed_apply_is_made_exact_by_the_resync(
             def exact() -> bool:
                 routes = host.route_lines("proto", "158")
                 rules = [line for line in host.rule_lines() if "proto 158" in line]
-                return len(routes) == 12_000 and len(rules) == 3
+                return len(routes) == ALL_BIG and len(rules) == 1
 
-            until(exact, "all 12,000 routes and their 3 rules", timeout=30)
+            until(exact, "all 16,000 routes and the one rule", timeout=30)
             lines = host.route_lines("proto", "158")
-            assert {line.split(" table ")[1].split()[0] for line in lines} == {"100", "200", "250"}
+            assert {line.split(" table ")[1].split()[0] for line in lines} == {
+                "100",
+                "200",
+                "250",
+                "1158",
+            }
     finally:
         repairer.stop()

@@ -55,19 +55,19 @@ ADDED, DELETED = NotificationKind.ROUTE_ADDED, NotificationKind.ROUTE_DELETED
         pytest.param(
             Notification(DELETED, 999, route=route(100, OURS)),
             (7, RepairReason.ROUTE_DELETED, "route 198.51.100.10/32 dev veth1 table 100 "
-             "(protocol incus-host-tables) deleted by netlink port 999"),
+             "(protocol incus-host-tables (158)) deleted by netlink port 999"),
             id="ours-deleted-by-someone",
         ),
         pytest.param(
             Notification(ADDED, 31337, route=route(254, BOOT)),
             (7, RepairReason.ROUTE_ADDED, "route 198.51.100.10/32 dev veth1 table 254 "
-             "(protocol boot) added by netlink port 31337"),
+             "(protocol boot (3)) added by netlink port 31337"),
             id="copy-added-to-main",
         ),
         pytest.param(
             Notification(DELETED, 0, route=route(100, OURS)),
             (7, RepairReason.ROUTE_DELETED, "route 198.51.100.10/32 dev veth1 table 100 "
-             "(protocol incus-host-tables) deleted by the kernel"),
+             "(protocol incus-host-tables (158)) deleted by the kernel"),
             id="deleted-by-the-kernel",
         ),
         pytest.param(Notification(ADDED, OWN_PORT, route=route(100, OURS)), None, id="own-add"),
