@@ -45,6 +45,16 @@ def parse_rule_priority(what: str, text: str) -> int:
     return parse_decimal(what, text, 1, 32765)
 
 
+def _resync_interval(text: str) -> int:
+    from .numbers import NumberError, parse_decimal
+
+    try:
+        return parse_decimal("resync interval", text, 1, 86400)
+    except NumberError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+
 def parse_rp_table(what: str, text: str) -> int:
     from .config import MAX_TABLE
     from .model import DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
@@ -232,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="run the event daemon (and serve the hooks)")
     watch.add_argument("--socket")
     watch.add_argument("--verbose", action="store_true")
+    watch.add_argument(
+        "--resync-interval",
+        type=_resync_interval,
+        default=60,
+        metavar="SECONDS",
+        help="full resync of every managed device and of the rules every SECONDS "
+        "(1-86400, default 60); drift is repaired from kernel notifications meanwhile",
+    )
+    watch.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="also write the metrics to PATH (atomically, every 15 s) for "
+        "node_exporter's textfile collector",
+    )
+
+    sub.add_parser(
+        "metrics",
+        help="print the running daemon's metrics (Prometheus text format)",
+        description="print the running daemon's metrics (Prometheus text format)",
+    )
 
     hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
     hook.add_argument("type", help="LXC hook type (start-host, post-stop, stop)")
@@ -349,11 +379,39 @@ def _hook(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, setup_logging
+    from .daemon import Daemon
+    from .hookserver import AlreadyRunning
+    from .logsetup import setup_logging
 
     setup_logging(args.verbose)
-    daemon = Daemon(socket=args.socket, rule_priority=args.rule_priority, rp_table=args.rp_table)
-    return daemon.run()
+    try:
+        daemon = Daemon(
+            socket=args.socket,
+            rule_priority=args.rule_priority,
+            rp_table=args.rp_table,
+            resync_interval=args.resync_interval,
+            metrics_textfile=args.metrics_textfile,
+        )
+        return daemon.run()
+    except AlreadyRunning as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from .hookserver import ask_metrics
+    from .locking import run_dir
+
+    try:
+        text = ask_metrics()
+    except OSError as err:
+        print(f"error: no daemon answers on {run_dir()}: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except ValueError as err:
+        print(f"error: the daemon refused: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    sys.stdout.write(text.decode())
+    return EXIT_OK
 
 
 def _instances(args: argparse.Namespace) -> int:
@@ -445,6 +503,8 @@ def _run(args: argparse.Namespace) -> int:
         from . import hostsetup
 
         return hostsetup.uninstall(args.root, args.socket, args.hooks_only)
+    if args.command == "metrics":
+        return _metrics(args)
     return _instances(args)
 
 
