@@ -313,6 +313,6 @@ def test_reinstalled_with_another_interpreter_the_same_hook_line_works(
     assert hook.read_text().startswith(f"#!{newer} -IS\n")
     second = run_hook(hook, run_dir)
     assert second.returncode == 0, second.stderr
-    assert requests == ["start-host\tc1\t/nonexistent/lxc.conf\n"] * 2
+    assert requests == ["1\thook\tstart-host\tc1\t/nonexistent/lxc.conf\n"] * 2
     # raw.lxc never had to change.
     assert line == rawlxc.add_hooks("", rawlxc.hook_command(str(hook), str(run_dir)))
