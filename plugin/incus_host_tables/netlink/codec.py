@@ -222,12 +222,12 @@ def _text(value: bytes | memoryview) -> str:
     return bytes(value).rstrip(b"\0").decode(errors="replace")
 
 
-def _u32_attr(buf: bytes | memoryview, pos: int, alen: int) -> int:
-    """The 32-bit value of the attribute at ``pos``, in the host's order
-    (a truncated one reads as what it holds)."""
-    if alen >= 8:
-        return int(_unpack_u32(buf, pos + 4)[0])
-    return int.from_bytes(buf[pos + 4 : pos + alen], sys.byteorder)
+def _u32_attr(buf: bytes | memoryview, start: int, end: int) -> int:
+    """The 32-bit attribute value from ``start`` to ``end``, in the host's
+    order (a truncated one reads as what it holds)."""
+    if end - start >= 4:
+        return int(_unpack_u32(buf, start)[0])
+    return int.from_bytes(buf[start:end], sys.byteorder)
 
 
 def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
@@ -238,22 +238,17 @@ def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
     gateway = None
     oif = 0
     priority = 0
-    pos = start + BODY
-    while pos + 4 <= end:
-        alen, atype = _unpack_rtattr(buf, pos)
-        if alen < 4:
-            break
+    for atype, vstart, vend in attributes(buf, start + BODY, end):
         if atype == RTA_DST:
-            dst = bytes(buf[pos + 4 : pos + alen])
+            dst = bytes(buf[vstart:vend])
         elif atype == RTA_OIF:
-            oif = _u32_attr(buf, pos, alen)
+            oif = _u32_attr(buf, vstart, vend)
         elif atype == RTA_TABLE:
-            table = _u32_attr(buf, pos, alen)
+            table = _u32_attr(buf, vstart, vend)
         elif atype == RTA_PRIORITY:
-            priority = _u32_attr(buf, pos, alen)
+            priority = _u32_attr(buf, vstart, vend)
         elif atype == RTA_GATEWAY:
-            gateway = bytes(buf[pos + 4 : pos + alen])
-        pos += (alen + 3) & ~3
+            gateway = bytes(buf[vstart:vend])
     if not dst:
         dst = bytes(4 if family == AF_INET else 16)
     route = Route(family, table, dst, dst_len, gateway, priority)
@@ -266,24 +261,19 @@ def decode_rule(buf: bytes | memoryview, start: int, end: int) -> KernelRule:
     priority = 0
     suppress: int | None = None
     protocol = 0
-    pos = start + BODY
-    while pos + 4 <= end:
-        alen, atype = _unpack_rtattr(buf, pos)
-        if alen < 4:
-            break
+    for atype, vstart, vend in attributes(buf, start + BODY, end):
         if atype == FRA_DST:
-            dst = bytes(buf[pos + 4 : pos + alen])
+            dst = bytes(buf[vstart:vend])
         elif atype == FRA_TABLE:
-            table = _u32_attr(buf, pos, alen)
+            table = _u32_attr(buf, vstart, vend)
         elif atype == FRA_PRIORITY:
-            priority = _u32_attr(buf, pos, alen)
+            priority = _u32_attr(buf, vstart, vend)
         elif atype == FRA_SUPPRESS_PREFIXLEN:
-            raw = _u32_attr(buf, pos, alen)
+            raw = _u32_attr(buf, vstart, vend)
             raw -= (raw >> 31) << 32  # a signed value
             suppress = None if raw == -1 else raw
         elif atype == FRA_PROTOCOL:
-            protocol = buf[pos + 4]
-        pos += (alen + 3) & ~3
+            protocol = buf[vstart]
     rule = Rule(family, table, priority, dst, dst_len if dst is not None else 0, suppress)
     return KernelRule(rule, protocol, bytes(buf[start:end]))
 
