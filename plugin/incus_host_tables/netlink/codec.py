@@ -230,51 +230,61 @@ def _u32_attr(buf: bytes | memoryview, start: int, end: int) -> int:
     return int.from_bytes(buf[start:end], sys.byteorder)
 
 
+def _attribute_values(
+    buf: bytes | memoryview, pos: int, end: int, u32: frozenset[int]
+) -> tuple[dict[int, int], dict[int, bytes]]:
+    """Attribute values by type, the last of a type winning: those in
+    ``u32`` as host-order integers, the others as bytes."""
+    numbers: dict[int, int] = {}
+    blobs: dict[int, bytes] = {}
+    for atype, value_start, value_end in attributes(buf, pos, end):
+        if atype in u32:
+            numbers[atype] = _u32_attr(buf, value_start, value_end)
+        else:
+            blobs[atype] = bytes(buf[value_start:value_end])
+    return numbers, blobs
+
+
+_ROUTE_U32 = frozenset({RTA_OIF, RTA_TABLE, RTA_PRIORITY})
+_RULE_U32 = frozenset({FRA_TABLE, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN})
+
+
 def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
     family, dst_len, _src_len, _tos, table, protocol, scope, rtype, _flags = _unpack_rtmsg(
         buf, start
     )
-    dst = b""
-    gateway = None
-    oif = 0
-    priority = 0
-    for atype, vstart, vend in attributes(buf, start + BODY, end):
-        if atype == RTA_DST:
-            dst = bytes(buf[vstart:vend])
-        elif atype == RTA_OIF:
-            oif = _u32_attr(buf, vstart, vend)
-        elif atype == RTA_TABLE:
-            table = _u32_attr(buf, vstart, vend)
-        elif atype == RTA_PRIORITY:
-            priority = _u32_attr(buf, vstart, vend)
-        elif atype == RTA_GATEWAY:
-            gateway = bytes(buf[vstart:vend])
-    if not dst:
-        dst = bytes(4 if family == AF_INET else 16)
-    route = Route(family, table, dst, dst_len, gateway, priority)
-    return KernelRoute(route, oif, protocol, scope, rtype, bytes(buf[start:end]))
+    numbers, blobs = _attribute_values(buf, start + BODY, end, _ROUTE_U32)
+    dst = blobs.get(RTA_DST) or bytes(4 if family == AF_INET else 16)
+    route = Route(
+        family,
+        numbers.get(RTA_TABLE, table),
+        dst,
+        dst_len,
+        blobs.get(RTA_GATEWAY),
+        numbers.get(RTA_PRIORITY, 0),
+    )
+    return KernelRoute(
+        route, numbers.get(RTA_OIF, 0), protocol, scope, rtype, bytes(buf[start:end])
+    )
 
 
 def decode_rule(buf: bytes | memoryview, start: int, end: int) -> KernelRule:
     family, dst_len, _src, _tos, table, _r1, _r2, _action, _flags = _unpack_rtmsg(buf, start)
-    dst: bytes | None = None
-    priority = 0
-    suppress: int | None = None
-    protocol = 0
-    for atype, vstart, vend in attributes(buf, start + BODY, end):
-        if atype == FRA_DST:
-            dst = bytes(buf[vstart:vend])
-        elif atype == FRA_TABLE:
-            table = _u32_attr(buf, vstart, vend)
-        elif atype == FRA_PRIORITY:
-            priority = _u32_attr(buf, vstart, vend)
-        elif atype == FRA_SUPPRESS_PREFIXLEN:
-            raw = _u32_attr(buf, vstart, vend)
-            raw -= (raw >> 31) << 32  # a signed value
-            suppress = None if raw == -1 else raw
-        elif atype == FRA_PROTOCOL:
-            protocol = buf[vstart]
-    rule = Rule(family, table, priority, dst, dst_len if dst is not None else 0, suppress)
+    numbers, blobs = _attribute_values(buf, start + BODY, end, _RULE_U32)
+    dst = blobs.get(FRA_DST)
+    suppress: int | None = numbers.get(FRA_SUPPRESS_PREFIXLEN)
+    if suppress is not None:
+        suppress -= (suppress >> 31) << 32  # a signed value; -1 means none
+        suppress = None if suppress == -1 else suppress
+    protocol = blobs[FRA_PROTOCOL][0] if blobs.get(FRA_PROTOCOL) else 0
+    rule = Rule(
+        family,
+        numbers.get(FRA_TABLE, table),
+        numbers.get(FRA_PRIORITY, 0),
+        dst,
+        dst_len if dst is not None else 0,
+        suppress,
+    )
     return KernelRule(rule, protocol, bytes(buf[start:end]))
 
 
