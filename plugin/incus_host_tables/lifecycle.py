@@ -23,6 +23,7 @@ from .config import ConfigError, DeviceIntent, parse_device
 from .engine import Engine, InterfaceMissing
 from .locking import run_dir
 from .netlink.kernel import ApplyError
+from .policy import ACTIVE as ACTIVE_POLICY
 
 log = logging.getLogger("incus-host-tables")
 
@@ -113,6 +114,7 @@ class Lifecycle:
         out = Outcome(project, name, "plan" if dry_run else "apply")
         intents: dict[str, DeviceIntent] = {}
         problems_found: list[str] = []
+        denied: list[str] = []  # tenant policy (policy.py): refused like an invalid config
         for nic in nics:
             result = NicResult(nic.device, nic.host_name)
             out.nics.append(result)
@@ -122,6 +124,11 @@ class Lifecycle:
                 result.error = str(err)
                 problems_found.extend(f"device {nic.device}: {p}" for p in err.problems)
                 continue
+            violations = ACTIVE_POLICY.violations(project, nic.device, nic.config, intent)
+            if violations:
+                result.error = "; ".join(violations)
+                denied.extend(violations)
+                continue
             result.warnings.extend(intent.warnings)
             for warning in intent.warnings:
                 log.warning("%s/%s device %s: %s", project, name, nic.device, warning)
@@ -129,10 +136,12 @@ class Lifecycle:
             if nic.host_name is None:
                 result.error = "no host interface (volatile host_name unset)"
                 problems_found.append(f"device {nic.device}: {result.error}")
-        if problems_found:
-            return self._fail(
-                out, nics, "invalid configuration: " + "; ".join(problems_found), dry_run
+        if problems_found or denied:
+            reasons = (
+                ["invalid configuration: " + "; ".join(problems_found)] if problems_found else []
             )
+            reasons += ["policy violation: " + "; ".join(denied)] if denied else []
+            return self._fail(out, nics, "; ".join(reasons), dry_run)
 
         nic_results = list(out.nics)
         current = {nic.host_name for nic in nics}
