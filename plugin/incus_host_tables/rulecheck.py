@@ -117,9 +117,9 @@ def parse_ip_rules(family: int, data: Iterable[Mapping[str, Any]]) -> list[Polic
 def main_priority(rules: Sequence[PolicyRule]) -> int | None:
     """Preference of the rule by which ordinary traffic looks up main."""
     for rule in rules:
-        if rule.action is RuleAction.LOOKUP and rule.table == MAIN_TABLE:
-            if not rule.selects_source and not rule.other:
-                return rule.priority
+        main = rule.action is RuleAction.LOOKUP and rule.table == MAIN_TABLE
+        if main and not rule.selects_source and not rule.other:
+            return rule.priority
     return None
 
 
