@@ -8,8 +8,13 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from .commands import KernelRules
+    from .policy import Policy
 
 EXIT_OK = ExitCode.OK
 EXIT_INVALID = ExitCode.INVALID
@@ -34,6 +39,15 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return key, value
+
+
+def _policy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="PATH",
+        help="tenant policy file (default $INCUS_HOST_TABLES_POLICY, else "
+        "/etc/incus-host-tables/policy.yaml; no file: no restriction)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         if target != "one":
             p.add_argument("--all-projects", action="store_true")
         p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        _policy_option(p)
         return p
 
-    instance_parser("validate", "list every problem of an instance's routed NICs", target="one")
+    instance_parser(
+        "validate",
+        "list every problem of an instance's routed NICs; with --policy alone, check the "
+        "policy file",
+        target="optional",
+    )
     instance_parser("plan", "print what apply would change; change nothing", target="one")
     instance_parser("apply", "converge an instance's host routes and rules", target="one")
     instance_parser("cleanup", "remove an instance's host routes and rules", target="one")
@@ -110,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="run the event daemon (and serve the hooks)")
     watch.add_argument("--socket")
     watch.add_argument("--verbose", action="store_true")
+    _policy_option(watch)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the host: forwarding, Incus, daemon, hooks, policy rules, policy file",
+        description="One line per check: ok, warn or fail, and what to do. "
+        "Exit 0 all ok, 1 warnings, 2 failures.",
+    )
+    doctor.add_argument("--format", choices=("table", "json"), default="table")
+    doctor.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+    _policy_option(doctor)
 
     hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
     hook.add_argument("type", help="LXC hook type (start-host, post-stop)")
@@ -191,10 +222,55 @@ def _hook(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, setup_logging
+    from .daemon import Daemon, log, setup_logging
+    from .policy import ACTIVE, PolicyError
 
     setup_logging(args.verbose)
+    ACTIVE.use(args.policy)
+    try:
+        policy = ACTIVE.load()
+    except PolicyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    if policy is None:
+        log.info("no policy file at %s: no tenant restriction", ACTIVE.path)
+    else:
+        log.info("policy %s in force: %d project(s)", ACTIVE.path, len(policy.projects))
     return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_code, gather, judge, render
+    from .policy import ACTIVE
+
+    ACTIVE.use(args.policy)
+    checks = judge(gather(ACTIVE, socket_path=args.socket))
+    print(render(checks, args.format))
+    return exit_code(checks)
+
+
+def _load_policy(args: argparse.Namespace) -> tuple[bool, Policy | None]:
+    """(usable, policy) of --policy or the default file; a bad file is
+    printed, problem by problem."""
+    from .policy import ACTIVE, PolicyError
+
+    ACTIVE.use(getattr(args, "policy", None))
+    try:
+        return True, ACTIVE.load()
+    except PolicyError as err:
+        for problem in err.problems:
+            print(f"error: policy {err.source}: {problem}", file=sys.stderr)
+        return False, None
+
+
+def _kernel_rules() -> KernelRules:
+    from .doctor import kernel_policy_rules
+
+    try:
+        return kernel_policy_rules()
+    except OSError as err:
+        print(f"warning: policy rules not checked: {err}", file=sys.stderr)
+        return {}
 
 
 def _instances(args: argparse.Namespace) -> int:
@@ -203,6 +279,25 @@ def _instances(args: argparse.Namespace) -> int:
     from .incus import IncusClient, IncusError
     from .locking import run_dir
 
+    if args.command not in ("enable", "disable"):
+        usable, policy = _load_policy(args)
+        if not usable:
+            if args.command == "status":
+                print(
+                    "warning: a running daemon keeps its last good policy; "
+                    "violations below are not judged",
+                    file=sys.stderr,
+                )
+            else:
+                return EXIT_INVALID  # nothing changed
+        if args.command == "validate" and args.instance is None and not args.all_projects:
+            if args.policy is None:
+                print("error: name an instance, --all-projects, or --policy FILE", file=sys.stderr)
+                return EXIT_USAGE
+            described = "no such file: no restriction" if policy is None else "valid"
+            count = "" if policy is None else f", {len(policy.projects)} project(s)"
+            print(f"policy {args.policy}: {described}{count}")
+            return EXIT_OK
     try:
         client = IncusClient(args.socket)
     except IncusError as err:
@@ -228,11 +323,12 @@ def _instances(args: argparse.Namespace) -> int:
             getattr(args, "all_projects", False),
         )
         if args.command == "validate":
-            return commands.validate(snapshots)
+            return commands.validate(snapshots, policy, _kernel_rules())
         engine = Engine(rule_priority=args.rule_priority)
         try:
             if args.command == "status":
-                commands.print_status(commands.status(engine, snapshots), args.format)
+                rows = commands.status(engine, snapshots, policy, _kernel_rules())
+                commands.print_status(rows, args.format)
                 return EXIT_OK
             return commands.act(engine, snapshots, args.command)
         finally:
@@ -253,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _hook(args)
     if args.command == "watch":
         return _watch(args)
+    if args.command == "doctor":
+        return _doctor(args)
     return _instances(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

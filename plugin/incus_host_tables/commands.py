@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
@@ -16,6 +17,13 @@ from .exitcodes import ExitCode
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
 from .model import LOCAL_TABLE, Rule
+from .policy import Policy, device_violations
+from .rulecheck import PolicyRule, intent_warnings
+
+# The kernel's policy rules per family (doctor.kernel_policy_rules), for the
+# main-domain warnings; empty when they could not be read.
+KernelRules = Mapping[int, Sequence[PolicyRule]]
+NO_RULES: KernelRules = MappingProxyType({})
 
 EXIT_OK = ExitCode.OK
 EXIT_PROBLEM = ExitCode.INVALID
@@ -29,13 +37,28 @@ def select(
     return client.instances(project=project, all_projects=all_projects)
 
 
-def validate(snapshots: list[InstanceSnapshot]) -> int:
+def validate(
+    snapshots: list[InstanceSnapshot], policy: Policy | None = None, rules: KernelRules = NO_RULES
+) -> int:
+    """Every problem (config, tenant policy) and warning (policy rules that
+    let main-domain traffic into a chosen table) of the instances' NICs."""
     found = 0
     for snap in snapshots:
         for nic in snap.nics:
-            for problem in validate_device(nic.config):
+            problems = validate_device(nic.config)
+            warnings: list[str] = []
+            if not problems:
+                intent = parse_device(nic.config)
+                problems = device_violations(policy, snap.project, nic.device, nic.config, intent)
+                warnings = intent_warnings(rules, intent)
+            for problem in problems:
                 print(f"{snap.project}/{snap.name} device {nic.device}: {problem}", file=sys.stderr)
                 found += 1
+            for warning in warnings:
+                print(
+                    f"warning: {snap.project}/{snap.name} device {nic.device}: {warning}",
+                    file=sys.stderr,
+                )
     if not found:
         print(f"{len(snapshots)} instance(s) valid")
     return EXIT_PROBLEM if found else EXIT_OK
@@ -93,26 +116,53 @@ class DeviceStatus:
     state: str  # ok | drift | error | stopped
     families: list[FamilyStatus] = field(default_factory=list)
     detail: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
-def status(engine: Engine, snapshots: list[InstanceSnapshot]) -> list[DeviceStatus]:
+def status(
+    engine: Engine,
+    snapshots: list[InstanceSnapshot],
+    policy: Policy | None = None,
+    rules: KernelRules = NO_RULES,
+) -> list[DeviceStatus]:
     """What each routed NIC asks for against what the kernel holds.
 
     state: ok | drift (apply would change something) | stopped |
     error (invalid config, or a refusal/isolation recorded by a hook, the
     daemon or the CLI and not yet cleared by a successful apply).
     """
-    rules = {kr.rule for kr in engine.plugin_rules()}
+    plugin_rules = {kr.rule for kr in engine.plugin_rules()}
     rows: list[DeviceStatus] = []
     for snap in snapshots:
         problem = problems.read(snap.project, snap.name)
         for nic in snap.nics:
-            row = _device_status(engine, snap, nic.device, nic.config, nic.host_name, rules)
+            row = _device_status(engine, snap, nic.device, nic.config, nic.host_name, plugin_rules)
+            _judge_policy(row, policy, rules, snap.project, nic.config)
             if problem is not None:
                 row.state = "error"
                 row.detail = row.detail or str(problem.get("message"))
             rows.append(row)
     return rows
+
+
+def _judge_policy(
+    row: DeviceStatus,
+    policy: Policy | None,
+    rules: KernelRules,
+    project: str,
+    config: Mapping[str, str],
+) -> None:
+    """Tenant-policy violations make the row an error; policy rules that let
+    main-domain traffic into a chosen table are warnings."""
+    try:
+        intent = parse_device(config)
+    except ConfigError:
+        return  # already an error
+    violations = device_violations(policy, project, row.device, config, intent)
+    if violations:
+        row.state = "error"
+        row.detail = "policy violation: " + "; ".join(violations)
+    row.warnings = intent_warnings(rules, intent)
 
 
 def _device_status(
@@ -199,3 +249,5 @@ def print_status(rows: list[DeviceStatus], fmt: str) -> None:
     for r in rows:
         if r.detail:
             print(f"{r.project}/{r.instance} {r.device}: {r.detail}")
+        for warning in r.warnings:
+            print(f"warning: {r.project}/{r.instance} {r.device}: {warning}")

@@ -27,6 +27,8 @@ from .hookrun import run_hook
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
 from .lifecycle import Lifecycle, Nic
 from .locking import run_dir
+from .policy import ACTIVE as ACTIVE_POLICY
+from .policywatch import PolicyWatcher
 
 log = logging.getLogger("incus-host-tables")
 
@@ -286,11 +288,15 @@ class Daemon:
         server = self.serve_hooks()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        # Tenant policy (policywatch.py): a new policy re-evaluates every instance.
+        policy_watcher = PolicyWatcher(ACTIVE_POLICY)
+        policy_watcher.start(lambda: self._pool.submit(self._on_connected))
         log.info("watching Incus events; hooks served on %s", server.server_address)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
         while not self._stop.wait(1.0):
             pass
+        policy_watcher.stop()
         server.shutdown()
         server.server_close()
         events.join(timeout=5)

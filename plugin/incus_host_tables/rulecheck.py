@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from .config import DeviceIntent
 from .model import AF_INET, AF_INET6, HOST_PREFIXLEN, MAIN_TABLE
 
 MAIN_RULE_PRIORITY = 32766  # the kernel's `from all lookup main`
@@ -198,3 +199,13 @@ def reverse_path_rule(rules: Sequence[PolicyRule], rp_table: int) -> PolicyRule 
         ):
             return rule
     return None
+
+
+def intent_warnings(rules: Mapping[int, Sequence[PolicyRule]], intent: DeviceIntent) -> list[str]:
+    """``main_domain_warnings`` for every table a NIC's intent chooses."""
+    out: list[str] = []
+    for fam in intent.families():
+        if fam.addresses:
+            family = AF_INET if fam.family == "ipv4" else AF_INET6
+            out += main_domain_warnings(rules.get(family, []), family, fam.tables)
+    return out
