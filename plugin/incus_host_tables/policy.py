@@ -281,7 +281,8 @@ def device_violations(
     for fam in intent.families():
         if not fam.addresses:
             continue  # no routes in this family, whatever its tables
-        denied = [t for t in fam.tables if t not in allowed]
+        # With a VRF the routes go to the VRF's table, refused above.
+        denied = [t for t in fam.tables if t not in allowed] if intent.vrf is None else []
         if denied:
             chosen = _table_key(config, fam.family)
             what = (
