@@ -526,8 +526,13 @@ def check_reverse_path(facts: HostFacts) -> list[Check]:
         )
         level = Level.FAIL if lost or rule is None else Level.OK
         text = missing + (f"; {wrong}" if wrong else "")
-        if lost or rule is None:
+        if lost:
             text += ": Incus's reverse-path filter drops these instances' replies"
+        elif rule is None:
+            text += (
+                f"; the host still finds the {len(lookups)} isolated instance address(es) "
+                "through rules the plugin does not own"
+            )
         out.append(
             Check(
                 name,
