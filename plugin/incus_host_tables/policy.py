@@ -126,7 +126,7 @@ def parse_policy(text: str, source: str, names: TableNames = no_table_names) -> 
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as err:
-        raise PolicyError(source, [f"not valid YAML: {_one_line(err)}"]) from None
+        raise PolicyError(source, [f"not valid YAML{_yaml_problem(err)}"]) from None
     if not isinstance(data, dict) or set(data) != {"projects"}:
         raise PolicyError(source, ["the file must hold one mapping `projects:`"])
     projects = data["projects"]
@@ -190,7 +190,7 @@ def _parse_tables(
         written = str(item)
         if written[:1].isascii() and written[:1].isdigit():
             try:
-                table = parse_decimal(f"{key} table", written, 1, MAX_TABLE_ID)
+                table = parse_decimal(f"{key}: table", written, 1, MAX_TABLE_ID)
             except NumberError as err:
                 problems.append(str(err))
                 continue
@@ -231,6 +231,17 @@ def _parse_prefixes(
             continue
         out.append(net)
     return tuple(out)
+
+
+def _yaml_problem(err: Exception) -> str:
+    """" at line L, column C: PROBLEM (CONTEXT)", from PyYAML's marked errors."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return f": {_one_line(err)}"
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}"
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def _one_line(err: Exception) -> str:
