@@ -22,6 +22,7 @@ from incus_host_tables.model import AF_INET, AF_INET6
 from incus_host_tables.rulecheck import analyze_table, intent_warnings
 
 from .helpers import NetNS, intent
+from .test_reverse_path import client
 
 pytestmark = pytest.mark.kernel
 
@@ -34,16 +35,6 @@ INTENT = intent(
         "user.ipv6.host_tables": "100",
     }
 )
-
-
-def client(h: NetNS, c: NetNS, uplink: str, n: int) -> None:
-    h.add_veth(uplink, "eth0", peer_ns=c)
-    h.ip("addr", "add", f"198.18.{n}.1/24", "dev", uplink)
-    h.ip("-6", "addr", "add", f"2001:db8:{n}::1/64", "dev", uplink, "nodad")
-    c.ip("addr", "add", f"198.18.{n}.2/24", "dev", "eth0")
-    c.ip("-6", "addr", "add", f"2001:db8:{n}::2/64", "dev", "eth0", "nodad")
-    c.ip("route", "add", "default", "via", f"198.18.{n}.1")
-    c.ip("-6", "route", "add", "default", "via", f"2001:db8:{n}::1")
 
 
 @pytest.fixture
