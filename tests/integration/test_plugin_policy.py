@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from incus_host_tables.lab import Client, IncusLab, until
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli
+from incus_host_tables.lab.plugin import PYTHON, PluginDaemon, plugin_env, run_cli
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -39,6 +40,7 @@ projects:
 """
 WITHOUT_100 = POLICY.replace("tables: [100]", "tables: [150]")
 BROKEN = POLICY.replace("tables: [100]", "tables: [100")
+NAME_100, NAME_200 = "tenant-a-net", "tenant-b-net"  # the daemon's rt_tables names
 
 
 def nic(v4: str, tables: str, v6: str | None = None) -> dict[str, str]:
@@ -70,8 +72,37 @@ def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ["INCUS_HOST_TABLES_POLICY"] = old
 
 
+class NamedTablesDaemon(PluginDaemon):
+    """The daemon with its own /etc/iproute2 (a private mount namespace), so
+    that table names exist for it without touching the machine's files."""
+
+    def __init__(self, lab: IncusLab, run_dir: str, names_dir: Path) -> None:
+        super().__init__(lab, run_dir)
+        self.names_dir = names_dir
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        script = 'mount --bind "$0" /etc/iproute2 && exec "$@"'
+        argv = ["ip", "netns", "exec", self.lab.netns, PYTHON, "-m", "incus_host_tables"]
+        # unshare and sh exec: the PID stays the daemon's.
+        self._proc = subprocess.Popen(
+            ["unshare", "--mount", "sh", "-c", script, str(self.names_dir), *argv, "watch",
+             "--verbose"],
+            env=plugin_env(self.lab, self.run_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        if not self.wait_for_log("reconciled", timeout):
+            self.stop()
+            raise AssertionError(f"plugin daemon not ready; log:\n{self.log()}")
+
+
 @pytest.fixture(scope="module")
-def setup(lab: IncusLab, run_dir: str, policy_file: Path) -> Iterator[PluginDaemon]:
+def setup(
+    lab: IncusLab, run_dir: str, policy_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PluginDaemon]:
     """Projects, the hook profile and the daemon with the policy."""
     made_projects = []
     lab.incus("profile", "create", PROFILE)
@@ -82,7 +113,9 @@ def setup(lab: IncusLab, run_dir: str, policy_file: Path) -> Iterator[PluginDaem
         for project in (PROJECT_A, PROJECT_B):
             lab.create_project(project)
             made_projects.append(project)
-        daemon = PluginDaemon(lab, run_dir)
+        names = tmp_path_factory.mktemp("iproute2")
+        (names / "rt_tables").write_text(f"254 main\n100 {NAME_100}\n200 {NAME_200}\n")
+        daemon = NamedTablesDaemon(lab, run_dir, names)
         daemon.start()
         try:
             yield daemon
@@ -187,6 +220,23 @@ def test_other_tenants_table_is_refused(
     launch(plug, "pb1", PROJECT_B, nic(b4, "200"))
     assert plug.tables(b4) == {"200"}
     assert clients["t200"].ping_within(b4, 5)
+
+
+def test_a_name_for_the_other_tenants_table_is_refused(
+    plug: PluginLab, clients: dict[str, Client]
+) -> None:
+    a4 = "198.51.100.147"
+    log = refused_start(plug, "pa9", PROJECT_A, nic(a4, NAME_200))
+    assert (
+        f"policy violation: device eth0 user.ipv4.host_tables='{NAME_200}': table 200 not "
+        f"allowed: project '{PROJECT_A}' may use only projects.{PROJECT_A}.tables [100]"
+    ) in log, log
+    assert until(lambda: plug.entries(a4) == [], 3.0), plug.entries(a4)
+    assert not clients["t200"].ping(a4)
+    # Its own table by name is fine.
+    launch(plug, "pa10", PROJECT_A, nic("198.51.100.148", NAME_100))
+    assert plug.tables("198.51.100.148") == {"100"}
+    assert clients["t100"].ping_within("198.51.100.148", 5)
 
 
 def test_address_outside_the_tenants_prefixes_is_refused(
