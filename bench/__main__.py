@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab.netns import Namespaces
+
 from . import figures, lab_figures, report
 from .figures import Results
-from .netns import Namespaces
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"command: {' '.join(figures.cli_command())}")
     res = Results()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ihtb-run-") as run_dir, Namespaces() as nss:
+    with tempfile.TemporaryDirectory(prefix="ihtb-run-") as run_dir, Namespaces("ihtb") as nss:
         if "exec" in parts:
             for s in figures.exec_per_route(nss, args.exec_sample, args.reps, run_dir, log).series:
                 res.add(s)

@@ -26,8 +26,8 @@ from incus_host_tables.engine import DevicePlan, Engine
 from incus_host_tables.model import AF_INET, AF_INET6
 from incus_host_tables.netlink import codec
 from incus_host_tables.netlink.kernel import encode_runs
+from lab.netns import Namespaces, NetNS
 
-from .netns import Namespaces, NetNS
 from .stats import Series, timed
 from .workload import (
     DEV,
@@ -198,7 +198,7 @@ class _RawSocket:
 @contextmanager
 def device_namespace(nss: Namespaces, tag: str, run_dir: str) -> Iterator[Device]:
     ns = nss.new(tag)
-    ns.add_veth(DEV, PEER)
+    ns.add_veth(DEV, PEER, settle=False)
     dev = Device(ns, run_dir)
     try:
         yield dev
@@ -342,7 +342,7 @@ def reading(
     res = Results()
     tag = f"{foreign} foreign, {scenario}"
     with device_namespace(nss, "read", run_dir) as dev:
-        dev.ns.add_veth(FOREIGN_DEV, FOREIGN_PEER)
+        dev.ns.add_veth(FOREIGN_DEV, FOREIGN_PEER, settle=False)
         log(f"read: installing {foreign} foreign routes ({scenario}) with ip -batch ...")
         lines = foreign_lines(foreign, ipv6_share=READ_SCENARIOS[scenario])
         seconds = dev.ip_batch(lines)

@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from incus_host_tables.lab import IncusLab
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli
+from lab import IncusLab
+from lab.plugin import PluginDaemon, run_cli
 
 HOOK_TARGET_MS = 30.0
 STORM_TARGET_S = 2.0

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from incus_host_tables.lab import IncusLab, until
+from lab import IncusLab, until
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -40,7 +40,7 @@ import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli  # noqa: E402
+from lab.plugin import PluginDaemon, run_cli  # noqa: E402
 
 PLUGIN_PROTO = "158"
 

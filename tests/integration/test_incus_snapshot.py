@@ -14,7 +14,7 @@ import pytest
 
 from incus_host_tables import lxcconf
 from incus_host_tables.incus import IncusClient, InstanceNotFoundError, ProfileNotFoundError
-from incus_host_tables.lab import IncusLab
+from lab import IncusLab
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from incus_host_tables.lab import Client, IncusLab
+from lab import Client, IncusLab
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def test_lab_teardown_leaves_nothing_even_after_a_failure() -> None:
         )
         other.add_client("c", table=7, v4="203.0.113.66/26", v6="2001:db8:c::2/64")
         assert other.netns in _netns_names()
-        pid = other._proc.pid if other._proc else 0
+        pid = other.incusd_pid
         assert pid > 0
         raise RuntimeError("boom")
     assert not {other.netns, f"{other.netns}-c"} & _netns_names()

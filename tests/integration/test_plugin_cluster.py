@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from incus_host_tables.lab import until as lab_until
-from incus_host_tables.lab.cluster import ClusterMember, IncusCluster
-from incus_host_tables.lab.plugin import PluginDaemon, run_cli
+from lab import until as lab_until
+from lab.cluster import ClusterMember, IncusCluster
+from lab.plugin import PluginDaemon, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,10 @@ def test_only_the_local_daemon_acts(
     rows = status(local, daemons[here], name)
     assert [r["state"] for r in rows] == ["ok"], rows
 
-    # The other member: nothing for it, and no attempt at it.
+    # The other member: nothing for it, and no attempt at it -- by a daemon
+    # that is alive and watching (it acts on its own member's instances in
+    # the other parametrization and in test_stop_event_reaches_only_its_member).
+    assert daemons[there].running, daemons[there].log()
     assert entries(remote, addr) == []
     assert rules(remote) == set(), rules(remote)
     assert status(remote, daemons[there], name) == []

@@ -1,6 +1,7 @@
-"""Isolation with real packets (lab notes §5): each table choice reaches
-exactly the clients of the routing domains it names, and an instance whose
-config turns invalid is removed from every table."""
+"""Isolation with real packets (docs/incus-behaviour.md, "The reverse-path
+trap"): each table choice reaches exactly the clients of the routing domains
+it names, and an instance whose config turns invalid is removed from every
+table."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab import Client, IncusLab
-from incus_host_tables.lab.plugin import PluginDaemon
+from lab import Client, IncusLab
+from lab.plugin import PluginDaemon
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -27,6 +28,11 @@ def clients(lab: IncusLab) -> Iterator[dict[str, Client]]:
         "main": lab.add_client("itmain", table=None, v4="198.18.22.2/28", v6="2001:db8:f22::2/64"),
     }
     try:
+        # A client that reaches nothing would pass every "must not reach":
+        # each one first reaches its gateway in H, in both families.
+        for label, c in made.items():
+            assert c.ping_within(c.gateway4, 5), f"{label}: no IPv4 link to H"
+            assert c.ping_within(c.gateway6, 5), f"{label}: no IPv6 link to H"
         yield made
     finally:
         for c in made.values():

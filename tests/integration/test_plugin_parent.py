@@ -1,5 +1,6 @@
-"""A routed NIC with a parent (proxy ARP/NDP, lab notes §4b): the plugin
-moves the host routes but never touches Incus's neighbour proxy entries."""
+"""A routed NIC with a parent (proxy ARP/NDP; docs/incus-behaviour.md,
+"Routed NIC with a parent"): the plugin moves the host routes but never
+touches Incus's neighbour proxy entries."""
 
 from __future__ import annotations
 

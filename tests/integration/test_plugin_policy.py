@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from incus_host_tables.lab import Client, IncusLab, until
-from incus_host_tables.lab.plugin import PYTHON, PluginDaemon, plugin_env, run_cli
+from lab import Client, IncusLab, until
+from lab.plugin import PYTHON, PluginDaemon, plugin_env, run_cli
 
 if TYPE_CHECKING:
     from conftest import PluginLab

@@ -1,5 +1,8 @@
 """Fixtures of the kernel tests. Everything they change lives inside network
-namespaces they create; the finalizers delete those even when a test fails."""
+namespaces they create; the finalizers delete those even when a test fails.
+
+These tests need root and iproute2; without them they fail (the test command,
+scripts/test, installs iproute2 and runs as root), they never skip."""
 
 from __future__ import annotations
 
@@ -10,9 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from incus_host_tables.engine import Engine
-from incus_host_tables.lab.netns import inside
-
-from .helpers import NetNS, delete_namespace, new_namespace
+from lab.netns import Namespaces, NetNS, inside
 
 
 @pytest.fixture(autouse=True)
@@ -20,28 +21,18 @@ def _kernel_environment(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if os.geteuid() != 0:
-        pytest.skip("kernel tests need root (network namespaces)")
+        pytest.fail("kernel tests need root (they create network namespaces); run them as root")
     if shutil.which("ip") is None:
-        pytest.skip("kernel tests need iproute2")
+        pytest.fail("kernel tests need `ip` (iproute2): run scripts/install-deps")
     # The host lock file: ours, not the machine's /run/incus-host-tables.
     monkeypatch.setenv("INCUS_HOST_TABLES_RUN_DIR", str(tmp_path_factory.mktemp("run")))
 
 
 @pytest.fixture
 def make_netns() -> Iterator[Callable[[], NetNS]]:
-    """Factory of fresh namespaces, all deleted at teardown."""
-    made: list[str] = []
-
-    def make() -> NetNS:
-        ns = new_namespace()
-        made.append(ns.name)
-        return ns
-
-    try:
-        yield make
-    finally:
-        for name in reversed(made):
-            delete_namespace(name)
+    """Factory of fresh namespaces (``ihtk<pid>_<n>``), all deleted at teardown."""
+    with Namespaces("ihtk") as namespaces:
+        yield namespaces.new
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 
 from incus_host_tables.engine import Engine
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent
+from .helpers import incus_routes, intent
 
 pytestmark = pytest.mark.kernel
 
@@ -44,6 +45,9 @@ def test_incus_start_state_moves_to_chosen_tables(
 ) -> None:
     incus_routes(host, "vh0", [V4], [V6], table=100)
     assert host.route_lines("table", "main", V4) == [f"{V4} dev vh0 scope link"]
+    assert host.route_lines("table", "main", V6, v6=True) == [
+        f"{V6} dev vh0 metric 1024 pref medium"
+    ]
 
     make_engine(host).converge("vh0", intent(BOTH_100_200))
 

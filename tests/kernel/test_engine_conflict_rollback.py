@@ -10,8 +10,9 @@ import pytest
 
 from incus_host_tables.engine import PROTOCOL, Engine
 from incus_host_tables.netlink.kernel import CHUNK_MESSAGES, ApplyError, Change
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent, run_cli
+from .helpers import incus_routes, intent, run_cli
 
 pytestmark = pytest.mark.kernel
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from incus_host_tables.engine import Engine
+from lab.netns import NetNS
 
-from .helpers import NetNS, incus_routes, intent
+from .helpers import incus_routes, intent
 
 pytestmark = pytest.mark.kernel
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import pytest
 
 from incus_host_tables.doctor import kernel_policy_rules
-from incus_host_tables.lab.netns import inside
 from incus_host_tables.model import AF_INET, AF_INET6
 from incus_host_tables.rulecheck import analyze_table, intent_warnings
+from lab.netns import inside
 
 from .helpers import NetNS, intent
 from .test_reverse_path import client

@@ -18,7 +18,9 @@ from collections.abc import Callable
 
 import pytest
 
-from .helpers import NetNS, run_cli
+from lab.netns import NetNS
+
+from .helpers import run_cli
 
 pytestmark = pytest.mark.kernel
 

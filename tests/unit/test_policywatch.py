@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from incus_host_tables.lab import until
 from incus_host_tables.policy import ActivePolicy
 from incus_host_tables.policywatch import PolicyWatcher
+from lab import until
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@
 namespace it creates ("H"), so every host-side veth and host route of its
 instances lives in H and never in the machine's own routing tables. Clients
 are further namespaces joined to H by veths, optionally routed into one of H's
-tables like a VRF would. Everything is torn down on ``stop()``, on leaving the
-``with`` block and, as a last resort, at interpreter exit.
+tables like a VRF would (see clients.py). Everything is torn down on
+``stop()``, on leaving the ``with`` block and, as a last resort, at
+interpreter exit.
 
 Needs root, iproute2, ``incus-base`` (incusd + client) and busybox-static:
 ``scripts/install-deps`` installs them.
@@ -15,171 +16,47 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from .clients import Client, connect_client, disconnect_client
 from .image import ImageError, build_busybox_image, find_static_busybox
+from .netns import Namespaces, NetNS
+from .processes import (
+    LabError,
+    kill_pids,
+    read_pidfile,
+    reaped,
+    run,
+    terminate,
+    wait_gone,
+)
 
-__all__ = [
-    "INCUSD",
-    "Client",
-    "ImageError",
-    "IncusLab",
-    "LabCommandError",
-    "LabError",
-    "build_busybox_image",
-    "until",
-]
+__all__ = ["INCUSD", "IncusLab"]
 
 INCUSD = "/usr/libexec/incus/incusd"
-_REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
-# "unreachable default" with the highest metric a VRF table gets: lookups that
-# find nothing else in the table stop there instead of falling through to main.
-STRICT_TABLE_METRIC = 4278198272
 
 _instances = itertools.count()
-_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
-
-
-class LabError(RuntimeError):
-    """The lab could not be set up (missing prerequisite, daemon failure...)."""
-
-
-class LabCommandError(subprocess.CalledProcessError):
-    """A command run by the lab failed; the message carries its stderr."""
-
-    def __str__(self) -> str:
-        argv = self.cmd if isinstance(self.cmd, str) else " ".join(map(str, self.cmd))
-        err = (self.stderr or "").strip() or (self.output or "").strip()
-        return f"`{argv}` exited with {self.returncode}" + (f": {err}" if err else "")
-
-
-def _run(
-    argv: Sequence[str],
-    *,
-    check: bool = True,
-    input: str | None = None,
-    timeout: float = 60.0,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(argv),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=None if env is None else dict(env),
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise LabCommandError(proc.returncode, list(argv), proc.stdout, proc.stderr)
-    return proc
-
-
-def _split_iface(value: str, default_prefix: int) -> tuple[str, str, int]:
-    """``"203.0.113.2/24"`` -> (client address, gateway address, prefix length).
-
-    The gateway is the network's first host address that is not the client's.
-    """
-    iface = ipaddress.ip_interface(value if "/" in value else f"{value}/{default_prefix}")
-    if iface.network.prefixlen >= iface.max_prefixlen - 1:
-        raise ValueError(f"{value}: need a network with room for a gateway")
-    for host in iface.network.hosts():
-        if host != iface.ip:
-            return str(iface.ip), str(host), iface.network.prefixlen
-    raise ValueError(f"{value}: no gateway address available")  # pragma: no cover
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> None:
-    """Wait until ``pids`` left the process table. Normally the reaper wrapper
-    has reaped everything already; if it had to be killed, orphans fall to
-    PID 1, and some inits (this sandbox's included) take seconds to reap."""
-    deadline = time.monotonic() + timeout
-    pending = [p for p in pids if p != os.getpid()]
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if os.path.exists(f"/proc/{p}")]
-        if pending:
-            time.sleep(0.1)
-
-
-def until(check: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` seconds pass (bounded)."""
-    end = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(interval)
-
-
-class Client:
-    """A network namespace standing for a host that talks to H's instances."""
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        netns: str,
-        host_ifname: str,
-        table: int | None,
-        address4: str,
-        gateway4: str,
-        address6: str,
-        gateway6: str,
-        busybox: str,
-    ) -> None:
-        self.name = name
-        self.netns = netns
-        self.host_ifname = host_ifname  # its uplink's end in H
-        self.ifname = "eth0"
-        self.table = table
-        self.address4 = address4
-        self.gateway4 = gateway4
-        self.address6 = address6
-        self.gateway6 = gateway6
-        self._busybox = busybox
-
-    def __repr__(self) -> str:
-        return f"Client({self.name!r}, netns={self.netns!r}, table={self.table})"
-
-    def run(
-        self, *argv: str, check: bool = True, timeout: float = 30.0
-    ) -> subprocess.CompletedProcess[str]:
-        return _run(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
-
-    def ping(self, addr: str, count: int = 1, timeout: int = 1) -> bool:
-        """One bounded ping run (busybox ping: iputils may be absent)."""
-        family = "-6" if ":" in addr else "-4"
-        deadline = max(count - 1, 0) + timeout
-        argv = [self._busybox, "ping", family, "-q", "-c", str(count)]
-        argv += ["-W", str(timeout), "-w", str(deadline), addr]
-        try:
-            return self.run(*argv, check=False, timeout=deadline + 10).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
-    def ping_within(self, addr: str, seconds: float = 5.0) -> bool:
-        """Ping until one answer or ``seconds`` pass (IPv6 DAD, neighbour setup)."""
-        return until(lambda: self.ping(addr), seconds, interval=0)
 
 
 class IncusLab:
     """A private incusd in its own network namespace. See the module docstring.
 
     Use as a context manager, or call ``start()`` and ``stop()`` (idempotent).
+    ``standalone=False`` makes a cluster member (see cluster.py): starting it
+    only brings incusd up (pool, profile and image come with the cluster),
+    and stopping it ends incusd with SIGTERM at once, because ``incus admin
+    shutdown`` of a member waits ~30 s for a handover and the cluster has
+    stopped the instances already.
     """
 
     def __init__(
@@ -188,6 +65,7 @@ class IncusLab:
         *,
         incusd: str = INCUSD,
         ready_timeout: float = 30.0,
+        standalone: bool = True,
     ) -> None:
         n = next(_instances)
         # Unique per process and per lab; short enough for namespace-derived names.
@@ -196,17 +74,19 @@ class IncusLab:
         self.image = "busybox"
         self.incusd = incusd
         self.ready_timeout = ready_timeout
+        self.standalone = standalone
         self.workdir = ""
         self.incus_dir = ""
         self.socket_path = ""
         self.log_path = ""
+        self.busybox = ""  # the static busybox the image and the clients use
         self.timings: dict[str, float] = {}
         self.clients: dict[str, Client] = {}
-        self._busybox = ""
-        self._proc: subprocess.Popen[bytes] | None = None  # the reaper wrapping incusd
         self.incusd_pid = 0
+        self._proc: subprocess.Popen[bytes] | None = None  # the reaper wrapping incusd
         self._log: IO[bytes] | None = None
-        self._netns_created: list[str] = []
+        self._namespaces = Namespaces()
+        self.host = NetNS(self.netns)  # H; exists between start() and stop()
         self._started = False
         self._stopped = False
         self._lock = threading.Lock()
@@ -220,7 +100,14 @@ class IncusLab:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _check_prerequisites(self) -> None:
+    @property
+    def running(self) -> bool:
+        """True while incusd (its reaper wrapper) runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def missing(self) -> list[str]:
+        """What this machine lacks for the lab, one problem each (empty when
+        it can start). A lab for another daemon overrides this."""
         problems = []
         if os.geteuid() != 0:
             problems.append("must run as root (network namespaces, incusd)")
@@ -230,14 +117,14 @@ class IncusLab:
             if shutil.which(tool) is None:
                 problems.append(f"`{tool}` not on PATH (scripts/install-deps)")
         try:
-            self._busybox = find_static_busybox()
+            find_static_busybox()
         except ImageError as e:
             problems.append(str(e))
-        if problems:
-            raise LabError("Incus lab prerequisites missing: " + "; ".join(problems))
+        return problems
 
     def start(self) -> None:
-        """Namespace, incusd, storage pool, root disk and image. Fails loudly."""
+        """Namespace, incusd, and for a standalone lab the storage pool, root
+        disk and image. Fails loudly, leaving nothing behind."""
         with self._lock:
             if self._started:
                 raise LabError("lab already started")
@@ -250,7 +137,10 @@ class IncusLab:
 
     def _start(self) -> None:
         t0 = time.monotonic()
-        self._check_prerequisites()
+        problems = self.missing()
+        if problems:
+            raise LabError(f"{type(self).__name__} prerequisites missing: " + "; ".join(problems))
+        self.busybox = find_static_busybox()
         atexit.register(self.stop)
         self.workdir = tempfile.mkdtemp(prefix=f"{self.name}-")
         # The container's root (a shifted uid) must traverse down to its rootfs.
@@ -261,7 +151,7 @@ class IncusLab:
         self.socket_path = os.path.join(self.incus_dir, "unix.socket")
         self.log_path = os.path.join(self.workdir, "incusd.log")
 
-        self._add_netns(self.netns)
+        self._namespaces.add(self.netns)
         # Instances' host routes only work if H forwards.
         self.ns_run(
             "sh",
@@ -273,50 +163,35 @@ class IncusLab:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         pidfile = os.path.join(self.workdir, "incusd.pid")
         # incusd runs under a subreaper that reaps the LXC monitors it orphans
-        # (see _reaper.py); the wrapper reports incusd's own PID.
+        # (see reaper.py); the wrapper reports incusd's own PID.
         self._proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                sys.executable,
-                "-I",
-                _REAPER,
-                pidfile,
-                self.incusd,
-                "--group",
-                "root",
-            ],
+            ["ip", "netns", "exec", self.netns, *reaped(pidfile, self.incusd, "--group", "root")],
             env=self.env(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a ^C in the terminal must not hit incusd first
         )
-        self.incusd_pid = self._read_pidfile(pidfile)
+        try:
+            self.incusd_pid = read_pidfile(pidfile, self._proc)
+        except LabError as err:
+            raise LabError(f"incusd did not start ({err}):\n{self.log_tail()}") from None
         self._wait_ready()
         self.timings["incusd_ready"] = time.monotonic() - t0
-        self._initialize()
+        if self.standalone:
+            self._initialize()
         self.timings["start"] = time.monotonic() - t0
 
     def _initialize(self) -> None:
         """What a fresh standalone incusd needs: pool, root disk, image."""
         self.incus("storage", "create", "default", "dir")
         self.incus("profile", "device", "add", "default", "root", "disk", "path=/", "pool=default")
-        tarball = build_busybox_image(self.workdir, busybox=self._busybox)
-        self.incus("image", "import", tarball, "--alias", self.image, timeout=120)
+        self.import_image()
 
-    def _read_pidfile(self, path: str) -> int:
-        assert self._proc is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError, ValueError), open(path) as f:
-                return int(f.read())
-            if self._proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise LabError(f"incusd did not start:\n{self.log_tail()}")
+    def import_image(self) -> None:
+        """Build the busybox image and import it as :attr:`image`."""
+        tarball = build_busybox_image(self.workdir, busybox=self.busybox)
+        self.incus("image", "import", tarball, "--alias", self.image, timeout=120)
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -344,31 +219,37 @@ class IncusLab:
         except OSError:
             return "(no incusd log)"
 
+    def signal_incusd(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to incusd itself (by its PID) while it runs."""
+        if self.running:
+            kill_pids([self.incusd_pid], sig)
+
     def stop(self) -> None:
         """Tear everything down; safe to call twice and after a failed start."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-        started = self._pids_in_netns()
+        started = self.pids()
         try:
             self._stop_incusd()
         finally:
-            self._kill_leftovers()
-            for ns in reversed(self._netns_created):
-                _run(["ip", "netns", "del", ns], check=False)
-            self._netns_created.clear()
+            # LXC monitors of instances incusd failed to stop: only our incusd
+            # put processes in H.
+            kill_pids(self.pids())
+            self._namespaces.close()
             if self._log is not None:
                 self._log.close()
             self._remove_workdir()
             atexit.unregister(self.stop)
-            _wait_gone(started, timeout=10.0)
+            wait_gone(started, timeout=10.0)
 
     def _stop_incusd(self) -> None:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
+        grace = 15.0
+        if self.standalone and proc.poll() is None:
             # Force-stop instances first: busybox init ignores the SIGPWR of a
             # clean shutdown and incusd would wait for it.
             with contextlib.suppress(Exception):
@@ -378,40 +259,19 @@ class IncusLab:
                     )
             with contextlib.suppress(Exception):
                 self.incus("admin", "shutdown", "--timeout", "30", check=False, timeout=40)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                # incusd (by its own PID) first; then whatever else still runs in
-                # H; the wrapper exits once nothing is left to reap.
-                if self.incusd_pid > 0:  # never 0: that would signal our own group
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.incusd_pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-                if proc.poll() is None:
-                    for pid in self._pids_in_netns():
-                        if pid != proc.pid:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(pid, signal.SIGKILL)
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=10)
+            grace = 10.0
+        # incusd by its own PID first; then whatever else still runs in H;
+        # the wrapper exits once nothing is left to reap.
+        terminate(proc, target=self.incusd_pid, grace=grace, leftovers=self.pids)
         self._proc = None
 
-    def _pids_in_netns(self) -> list[int]:
-        if self.netns not in self._netns_created:
+    def pids(self) -> list[int]:
+        """The processes running in H (incusd, its LXC monitors, ...)."""
+        if self.netns not in self._namespaces.made:
             return []
-        out = _run(["ip", "netns", "pids", self.netns], check=False).stdout
-        return [int(p) for p in out.split() if p.isdigit()]
-
-    def _kill_leftovers(self) -> None:
-        """SIGKILL whatever still runs in H (LXC monitors of instances incusd
-        failed to stop): only our incusd put processes in this namespace."""
-        for pid in self._pids_in_netns():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        return self.host.pids()
 
     def _remove_workdir(self) -> None:
         if not self.workdir or not os.path.isdir(self.workdir):
@@ -425,8 +285,8 @@ class IncusLab:
                 if point.startswith(root):
                     mounts.append(point)
         for point in sorted(mounts, key=len, reverse=True):
-            _run(["umount", "-l", point], check=False)
-        _run(["rm", "-rf", "--one-file-system", self.workdir], check=False, timeout=120)
+            run(["umount", "-l", point], check=False)
+        run(["rm", "-rf", "--one-file-system", self.workdir], check=False, timeout=120)
 
     # --------------------------------------------------------------- commands
 
@@ -449,7 +309,7 @@ class IncusLab:
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside H, with :meth:`env` unless ``env`` is given."""
-        return _run(
+        return run(
             ["ip", "netns", "exec", self.netns, *argv],
             check=check,
             input=input,
@@ -520,13 +380,17 @@ class IncusLab:
         profiles: Sequence[str] | None = None,
         project: str = "default",
         start: bool = True,
+        target: str | None = None,
     ) -> None:
-        """Create (and start) a container from the lab image in one request."""
+        """Create (and start) a container from the lab image in one request;
+        ``target`` places it on that cluster member."""
         body: dict[str, Any] = {
             "devices": {k: dict(v) for k, v in (devices or {}).items()},
             "config": dict(config or {}),
         }
         args = ["init", self.image, name, "--project", project, "--quiet"]
+        if target is not None:
+            args += ["--target", target]
         for profile in profiles if profiles is not None else ["default"]:
             args += ["--profile", profile]
         # `incus init` takes the instance config as YAML on stdin; JSON is YAML.
@@ -554,60 +418,12 @@ class IncusLab:
         is made strict (unreachable default) so lookups never fall through to
         main, as in a VRF.
         """
-        if self._proc is None:
+        if not self.running:
             raise LabError("start the lab first")
-        if not _NAME.match(name):
-            raise ValueError(f"client name {name!r}: 1-10 of [a-z0-9], starting with a letter")
         if name in self.clients:
             raise ValueError(f"client {name!r} exists")
-        a4, gw4, len4 = _split_iface(v4, 24)
-        a6, gw6, len6 = _split_iface(v6, 64)
-        if ":" in a4 or ":" not in a6:
-            raise ValueError("v4 must be IPv4 and v6 IPv6")
-        netns, hif = f"{self.netns}-{name}", f"v-{name}"
-        self._add_netns(netns)
-        h = ["ip", "-n", self.netns]
-        c = ["ip", "-n", netns]
-        steps: list[list[str]] = [
-            [*h, "link", "add", hif, "type", "veth", "peer", "name", "eth0", "netns", netns],
-            [*h, "link", "set", hif, "up"],
-            [*c, "link", "set", "eth0", "up"],
-            [*h, "addr", "add", f"{gw4}/{len4}", "dev", hif],
-            [*h, "addr", "add", f"{gw6}/{len6}", "dev", hif, "nodad"],
-            [*c, "addr", "add", f"{a4}/{len4}", "dev", "eth0"],
-            [*c, "addr", "add", f"{a6}/{len6}", "dev", "eth0", "nodad"],
-            [*c, "route", "add", "default", "via", gw4],
-            [*c, "-6", "route", "add", "default", "via", gw6],
-        ]
-        if table is not None:
-            for fam in ("-4", "-6"):
-                steps.append([*h, fam, "rule", "add", "iif", hif, "lookup", str(table)])
-                steps.append(
-                    [
-                        *h,
-                        fam,
-                        "route",
-                        "replace",
-                        "unreachable",
-                        "default",
-                        "table",
-                        str(table),
-                        "metric",
-                        str(STRICT_TABLE_METRIC),
-                    ]
-                )
-        for argv in steps:
-            _run(argv)
-        client = Client(
-            name=name,
-            netns=netns,
-            host_ifname=hif,
-            table=table,
-            address4=a4,
-            gateway4=gw4,
-            address6=a6,
-            gateway6=gw6,
-            busybox=self._busybox,
+        client = connect_client(
+            self._namespaces, self.host, name, table=table, v4=v4, v6=v6, busybox=self.busybox
         )
         self.clients[name] = client
         return client
@@ -615,28 +431,4 @@ class IncusLab:
     def remove_client(self, client: Client | str) -> None:
         """Delete a client namespace (its veth goes with it) and its rules."""
         c = self.clients.pop(client if isinstance(client, str) else client.name)
-        if c.table is not None:
-            for fam in ("-4", "-6"):
-                _run(
-                    [
-                        "ip",
-                        "-n",
-                        self.netns,
-                        fam,
-                        "rule",
-                        "del",
-                        "iif",
-                        c.host_ifname,
-                        "lookup",
-                        str(c.table),
-                    ],
-                    check=False,
-                )
-        _run(["ip", "netns", "del", c.netns], check=False)
-        if c.netns in self._netns_created:
-            self._netns_created.remove(c.netns)
-
-    def _add_netns(self, name: str) -> None:
-        _run(["ip", "netns", "add", name])
-        self._netns_created.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        disconnect_client(self._namespaces, self.host, c)

@@ -5,7 +5,7 @@ monitor exits as an orphan that only PID 1 would reap, and not every PID 1
 does so promptly. The lab runs incusd under this wrapper instead, so nothing of
 the lab outlives it. Stdlib only; run as a script:
 
-    python -I _reaper.py PIDFILE COMMAND [ARG...]
+    python -I reaper.py PIDFILE COMMAND [ARG...]
 
 PIDFILE receives COMMAND's PID. SIGTERM/SIGINT/SIGHUP are forwarded to it.
 The wrapper exits, with COMMAND's status, once it has no children left.
@@ -24,7 +24,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
-        print("usage: _reaper.py PIDFILE COMMAND [ARG...]", file=sys.stderr)
+        print("usage: reaper.py PIDFILE COMMAND [ARG...]", file=sys.stderr)
         return 2
     pidfile, cmd = argv[1], argv[2:]
     libc = ctypes.CDLL(None, use_errno=True)

@@ -8,13 +8,13 @@ lab, so a lab never meets a plugin running on the machine itself.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from typing import IO
 
-from . import IncusLab, LabError
+from .incus import IncusLab
+from .processes import LabError, terminate
 
 PYTHON = sys.executable
 
@@ -75,20 +75,20 @@ class PluginDaemon:
         return self.log().count(text) >= count
 
     @property
+    def running(self) -> bool:
+        """True while the daemon process runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int:
         if self._proc is None:
             raise LabError("daemon not started")
         return self._proc.pid
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None:
             # `ip netns exec` execs the command: this PID is the daemon itself.
-            os.kill(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout=10)
+            terminate(self._proc, grace=10.0)
         self._proc = None
         if self._log is not None:
             self._log.close()

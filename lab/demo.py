@@ -2,7 +2,7 @@
 asks for tables 100 and 200, and the host's routing tables before and after
 the plugin acts -- with real packets from a client in each routing domain.
 
-Run as root: `python -m incus_host_tables.lab.demo` (scripts/demo does it).
+Run as root: `python -m lab.demo` from the repository root (scripts/demo does it).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import os
 import sys
 import tempfile
 
-from . import Client, IncusLab
+from .clients import Client
+from .incus import IncusLab
 from .plugin import PluginDaemon, run_cli
 
 ADDR4, ADDR6 = "198.51.100.10", "2001:db8::10"

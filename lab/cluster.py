@@ -14,15 +14,13 @@ mismatch"). The busybox image is imported once, on m1.
 
 A member offers the interface the plugin helpers expect of a lab (``netns``,
 ``workdir``, ``env()``, ``ns_run``, ``incus``, ``route_entries``), so
-:class:`~incus_host_tables.lab.plugin.PluginDaemon` and ``run_cli`` take one.
+:class:`~lab.plugin.PluginDaemon` and ``run_cli`` take one.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +28,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import IncusLab, LabError, _run, build_busybox_image
+from .incus import IncusLab
+from .processes import LabError
 
 __all__ = ["ClusterMember", "IncusCluster"]
 
@@ -43,43 +42,16 @@ class ClusterMember(IncusLab):
     """One member: an incusd in its own namespace, clustered by IncusCluster.
 
     Unlike a plain lab, starting a member only brings incusd up: the storage
-    pool, profile and image come with the cluster.
+    pool, profile and image come with the cluster (``standalone=False``).
     """
 
     def __init__(self, member: str, address: str, prefix: str, **kwargs: Any) -> None:
-        super().__init__(prefix, **kwargs)
+        super().__init__(prefix, standalone=False, **kwargs)
         self.member = member
         self.address = address
 
     def __repr__(self) -> str:
         return f"ClusterMember({self.member!r}, netns={self.netns!r}, address={self.address!r})"
-
-    def _initialize(self) -> None:
-        """Nothing: the pool, profile and image come with the cluster."""
-
-    def _stop_incusd(self) -> None:
-        # `incus admin shutdown` of a cluster member waits ~30 s (handover);
-        # the instances are stopped by IncusCluster.stop first, so SIGTERM to
-        # incusd (by its own PID) ends it at once, leaving nothing running.
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None and self.incusd_pid > 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.incusd_pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-        if proc.poll() is None:
-            for pid in self._pids_in_netns():
-                if pid != proc.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self._proc = None
 
 
 class IncusCluster:
@@ -132,11 +104,9 @@ class IncusCluster:
         self.timings["incusd_ready"] = time.monotonic() - t0
 
         # The cluster link: one veth between the two namespaces.
-        _run(["ip", "-n", m1.netns, "link", "add", "cl0", "type", "veth",
-              "peer", "name", "cl0", "netns", m2.netns])  # fmt: skip
+        m1.host.add_veth("cl0", "cl0", m2.host, settle=False)
         for m in (m1, m2):
-            _run(["ip", "-n", m.netns, "addr", "add", f"{m.address}/{LINK_PREFIX}", "dev", "cl0"])
-            _run(["ip", "-n", m.netns, "link", "set", "cl0", "up"])
+            m.host.ip("addr", "add", f"{m.address}/{LINK_PREFIX}", "dev", "cl0")
 
         m1.incus("admin", "init", "--preseed", input=json.dumps(self._bootstrap_preseed(m1)))
         self.timings["bootstrap"] = time.monotonic() - t0
@@ -153,8 +123,7 @@ class IncusCluster:
         )
         self.timings["join"] = time.monotonic() - t0
 
-        tarball = build_busybox_image(m1.workdir, busybox=m1._busybox)
-        m1.incus("image", "import", tarball, "--alias", self.image, timeout=120)
+        m1.import_image()
         self.timings["start"] = time.monotonic() - t0
 
     @staticmethod
@@ -192,7 +161,7 @@ class IncusCluster:
         self._stopped = True
         try:
             m1 = self.members["m1"]
-            if m1._proc is not None and m1._proc.poll() is None:
+            if m1.running:
                 # Stopping through m1 covers the instances of both members.
                 for project in m1.projects():
                     m1.incus(
@@ -204,9 +173,7 @@ class IncusCluster:
             # SIGTERM both incusd at once: a member left alone waits ~15 s for
             # its lost peer before exiting.
             for m in self.members.values():
-                if m._proc is not None and m._proc.poll() is None and m.incusd_pid > 0:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(m.incusd_pid, signal.SIGTERM)
+                m.signal_incusd(signal.SIGTERM)
             for m in reversed(list(self.members.values())):
                 m.stop()  # kills only what runs in its own namespace; removes its dirs
             atexit.unregister(self.stop)
@@ -254,16 +221,9 @@ class IncusCluster:
         start: bool = True,
     ) -> None:
         """Create (and start) a container from the image on member ``target``."""
-        body: dict[str, Any] = {
-            "devices": {k: dict(v) for k, v in (devices or {}).items()},
-            "config": dict(config or {}),
-        }
-        args = ["init", self.image, name, "--target", target, "--quiet"]
-        for profile in profiles:
-            args += ["--profile", profile]
-        self.incus(target, *args, input=json.dumps(body))
-        if start:
-            self.incus(target, "start", name)
+        self.members[target].launch(
+            name, devices=devices, config=config, profiles=profiles, start=start, target=target
+        )
 
     def location(self, name: str, project: str = "default") -> str:
         data = json.loads(
