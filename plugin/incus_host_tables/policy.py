@@ -234,7 +234,7 @@ def _parse_prefixes(
 
 
 def _yaml_problem(err: Exception) -> str:
-    """" at line L, column C: PROBLEM (CONTEXT)", from PyYAML's marked errors."""
+    """' at line L, column C: PROBLEM (CONTEXT)', from PyYAML's marked errors."""
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None)
     if mark is None or problem is None:
