@@ -299,6 +299,13 @@ def _instances(args: argparse.Namespace) -> int:
             print(f"policy {args.policy}: {described}{count}")
             return EXIT_OK
     try:
+        if args.command == "enable":
+            from .snap import enable_refusal
+
+            refusal = enable_refusal(args.socket)
+            if refusal is not None:
+                print(f"error: {refusal}", file=sys.stderr)
+                return EXIT_ENVIRONMENT
         client = IncusClient(args.socket)
     except IncusError as err:
         print(f"error: {err}", file=sys.stderr)

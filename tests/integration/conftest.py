@@ -8,7 +8,6 @@ command installs everything), never skip.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,15 +15,17 @@ import pytest
 from lab import IncusLab, until
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # A SystemExit unwinds pytest, so the lab's teardown (and atexit) still run.
-    sys.exit(128 + signum)
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    # Like ^C: pytest ends the session and still runs every fixture's
+    # teardown, so the lab is removed. (A SystemExit would only fail the
+    # running test, and the session would go on.)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[IncusLab]:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     with IncusLab("iht") as the_lab:
         yield the_lab
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lab import STRICT_TABLE_METRIC
 from lab import until as lab_until
 from lab.cluster import ClusterMember, IncusCluster
 from lab.plugin import PluginDaemon, run_cli
@@ -173,3 +174,219 @@ def test_stop_event_reaches_only_its_member(
     assert rules(m1) == {("200", "31")}, rules(m1)
     assert entries(m1, a2) == []
     assert daemons["m1"].log()[len(m1_log) :].count("c-ev2") == 0, daemons["m1"].log()
+
+
+# --------------------------------------------------------------------------
+# The cluster's life cycle: moves, evacuation, a daemon that was away, and
+# another member's event storm. Each step must converge within CONVERGED
+# seconds of the Incus command returning; the times are printed (pytest -s)
+# for docs/cluster.md.
+
+CONVERGED = 2.0
+
+
+def converge_time(check: Callable[[], bool], timeout: float = CONVERGED) -> float:
+    """Seconds until ``check`` holds (polled every 10 ms); inf if it never did."""
+    t0 = time.monotonic()
+    if lab_until(check, timeout, interval=0.01):
+        return time.monotonic() - t0
+    return float("inf")
+
+
+def record(what: str, seconds: float) -> None:
+    print(f"\nconvergence {what}: {seconds:.3f} s")
+
+
+def plugin_state(m: ClusterMember) -> list[str]:
+    """Every protocol-158 route and rule in the member's namespace."""
+    found = []
+    for fam in ("-4", "-6"):
+        for what in (("route", "show", "table", "all"), ("rule", "show")):
+            out = m.ns_run("ip", "-j", fam, *what).stdout
+            found += [
+                json.dumps(item, sort_keys=True)
+                for item in json.loads(out or "[]")
+                if str(item.get("protocol")) == "158"
+            ]
+    return found
+
+
+def nothing_left(m: ClusterMember, *addrs: str) -> bool:
+    """No route to any of ``addrs`` in any table, and nothing of the plugin's."""
+    return all(entries(m, a) == [] for a in addrs) and plugin_state(m) == []
+
+
+def only_ours_in(m: ClusterMember, tables: set[str], *addrs: str) -> bool:
+    for addr in addrs:
+        found = entries(m, addr)
+        if {e["table"] for e in found} != tables:
+            return False
+        if any(str(e.get("protocol")) != PLUGIN_PROTO for e in found):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def clients(cluster: IncusCluster) -> Iterator[dict[str, Any]]:
+    """Per member: a table-100 client and a main client.
+
+    Table 100 is not made strict here: with per-table reverse-path rules
+    (``iif lo lookup 100``), an ``unreachable default`` in table 100 would
+    also catch the member's own traffic, the cluster database's included.
+    Nothing is lost: a member's main table has no default route, so a lookup
+    from the table client that falls through to main still finds no route
+    to an instance whose route is not in main.
+    """
+    made: dict[str, Any] = {}
+    try:
+        for i, (name, m) in enumerate(cluster.members.items()):
+            made[f"{name}-t100"] = m.add_client(
+                "ct100", table=100, v4=f"198.18.{40 + i}.2/28", v6=f"2001:db8:e4{i}::2/64"
+            )
+            for fam in ("-4", "-6"):
+                m.ns_run("ip", fam, "route", "del", "unreachable", "default", "table", "100",
+                         "metric", str(STRICT_TABLE_METRIC))  # fmt: skip
+            made[f"{name}-main"] = m.add_client(
+                "cmain", table=None, v4=f"198.18.{42 + i}.2/28", v6=f"2001:db8:e6{i}::2/64"
+            )
+        yield made
+    finally:
+        for key, c in made.items():
+            cluster[key.split("-")[0]].remove_client(c)
+
+
+def reachable_from(clients: dict[str, Any], *addrs: str) -> set[str]:
+    return {label for label, c in clients.items() if all(c.ping_within(a, 2) for a in addrs)}
+
+
+def test_move_of_a_stopped_instance_converges_on_the_new_member(
+    cluster: IncusCluster,
+    daemons: dict[str, PluginDaemon],
+    instances: Callable[[str, str, str, str], str],
+    clients: dict[str, Any],
+) -> None:
+    a4, a6 = "198.51.100.160", "2001:db8:160::1"
+    m1, m2 = cluster["m1"], cluster["m2"]
+    name = "c-mv"
+    instances(name, "m1", a4, "100")
+    # Dual-stack: the keys of a stopped instance count at its next start.
+    cluster.incus("m1", "stop", "--force", name)
+    cluster.incus("m1", "config", "device", "set", name, "eth0", f"ipv6.address={a6}")
+    cluster.incus("m1", "config", "device", "set", name, "eth0", "user.ipv6.host_tables=100")
+    cluster.incus("m1", "start", name)
+    assert until(lambda: only_ours_in(m1, {"100"}, a4, a6)), (entries(m1, a4), entries(m1, a6))
+
+    cluster.incus("m1", "stop", "--force", name)
+    assert until(lambda: nothing_left(m1, a4, a6)), plugin_state(m1)
+    cluster.incus("m1", "move", name, "--target", "m2")
+    assert cluster.location(name) == "m2"
+    cluster.incus("m1", "start", name)
+    took = converge_time(lambda: only_ours_in(m2, {"100"}, a4, a6))
+    record("move + start on m2", took)
+    assert took <= CONVERGED, (entries(m2, a4), entries(m2, a6))
+    assert nothing_left(m1, a4, a6), plugin_state(m1)
+    assert reachable_from(clients, a4) == {"m2-t100"}
+    assert reachable_from(clients, a6) == {"m2-t100"}
+
+
+def test_evacuate_and_restore(
+    cluster: IncusCluster,
+    daemons: dict[str, PluginDaemon],
+    instances: Callable[[str, str, str, str], str],
+    clients: dict[str, Any],
+) -> None:
+    m1, m2 = cluster["m1"], cluster["m2"]
+    moving = {"c-evac1": ("198.51.100.161", "100"), "c-evac2": ("198.51.100.162", "100,200")}
+    staying = ("c-stay2", "198.51.100.163", "100")
+    for name, (addr, tables) in moving.items():
+        instances(name, "m1", addr, tables)
+    instances(staying[0], "m2", staying[1], staying[2])
+
+    def on(m: ClusterMember) -> bool:
+        return all(
+            only_ours_in(m, set(tables.split(",")), addr) for addr, tables in moving.values()
+        )
+
+    assert until(lambda: on(m1) and only_ours_in(m2, {"100"}, staying[1]))
+    addrs = [addr for addr, _ in moving.values()]
+    m2_before = sorted(plugin_state(m2))
+
+    cluster.incus("m1", "cluster", "evacuate", "m1", "--action", "migrate", "--force", timeout=180)
+    assert {cluster.location(n) for n in moving} == {"m2"}
+    took = converge_time(lambda: on(m2))
+    record("evacuate m1 (2 instances to m2)", took)
+    assert took <= CONVERGED, [entries(m2, a) for a in addrs]
+    assert nothing_left(m1, *addrs), plugin_state(m1)
+    assert reachable_from(clients, addrs[0]) == {"m2-t100"}
+
+    cluster.incus("m1", "cluster", "restore", "m1", "--force", timeout=180)
+    assert {cluster.location(n) for n in moving} == {"m1"}
+    took = converge_time(lambda: on(m1))
+    record("restore m1 (2 instances back)", took)
+    assert took <= CONVERGED, [entries(m1, a) for a in addrs]
+    # m2 is back to what it held before: only the instance that stayed.
+    assert until(lambda: sorted(plugin_state(m2)) == m2_before), plugin_state(m2)
+    assert all(entries(m2, a) == [] for a in addrs)
+    assert only_ours_in(m2, {"100"}, staying[1])
+    assert reachable_from(clients, addrs[0]) == {"m1-t100"}
+
+
+def test_daemon_away_while_its_instance_changes_resyncs(
+    cluster: IncusCluster,
+    daemons: dict[str, PluginDaemon],
+    instances: Callable[[str, str, str, str], str],
+) -> None:
+    m2 = cluster["m2"]
+    addr, name = "198.51.100.164", "c-away"
+    instances(name, "m2", addr, "100")
+    assert until(lambda: only_ours_in(m2, {"100"}, addr))
+
+    d = daemons["m2"]
+    d.stop()
+    try:
+        cluster.incus("m1", "stop", "--force", name)
+        cluster.incus("m1", "config", "device", "set", name, "eth0", "user.ipv4.host_tables=200")
+        cluster.incus("m1", "start", name)
+        # Nobody watching on m2: Incus alone puts the route in main.
+        assert {e["table"] for e in entries(m2, addr)} == {"main"}
+    finally:
+        t0 = time.monotonic()
+        d.start()
+    took = converge_time(lambda: only_ours_in(m2, {"200"}, addr))
+    record("m2 daemon restart (resync)", time.monotonic() - t0)
+    assert took <= CONVERGED, entries(m2, addr)
+    assert "reconciled 1 instances" in d.log(), d.log()
+
+
+def routes_not_kernel(m: ClusterMember) -> list[str]:
+    """The member's routes, every table, but the kernel's own (link-local
+    addresses may still come up while the test runs)."""
+    return [line for line in m.routes().splitlines() if "proto kernel" not in line]
+
+
+def test_events_about_m1_instances_leave_m2_untouched(
+    cluster: IncusCluster,
+    daemons: dict[str, PluginDaemon],
+    instances: Callable[[str, str, str, str], str],
+) -> None:
+    m1, m2 = cluster["m1"], cluster["m2"]
+    addr = "198.51.100.165"
+    m2_routes = routes_not_kernel(m2)
+    m2_rules = [m2.ns_run("ip", fam, "rule", "show").stdout for fam in ("-4", "-6")]
+    m2_log = len(daemons["m2"].log())
+
+    # Every kind of lifecycle event, all about an instance on m1, some asked
+    # through m2's API.
+    instances("c-storm", "m1", addr, "100")
+    assert until(lambda: only_ours_in(m1, {"100"}, addr))
+    cluster.incus("m2", "config", "device", "set", "c-storm", "eth0", "user.ipv4.host_tables=200")
+    cluster.incus("m2", "restart", "--force", "c-storm")
+    assert until(lambda: only_ours_in(m1, {"200"}, addr))
+    cluster.incus("m2", "stop", "--force", "c-storm")
+    cluster.incus("m2", "delete", "c-storm")
+    assert until(lambda: nothing_left(m1, addr)), plugin_state(m1)
+
+    time.sleep(0.5)  # give a wrongly acting m2 daemon the chance to show it
+    assert routes_not_kernel(m2) == m2_routes
+    assert [m2.ns_run("ip", fam, "rule", "show").stdout for fam in ("-4", "-6")] == m2_rules
+    assert "c-storm" not in daemons["m2"].log()[m2_log:], daemons["m2"].log()
