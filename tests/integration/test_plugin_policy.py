@@ -315,7 +315,9 @@ def doctor(plug: PluginLab) -> tuple[int, dict[str, list[dict[str, str]]]]:
     return out.returncode, by_check
 
 
-def test_doctor_healthy_and_broken(plug: PluginLab, clients: dict[str, Client]) -> None:
+def test_doctor_healthy_and_broken(
+    plug: PluginLab, setup: PluginDaemon, clients: dict[str, Client]
+) -> None:
     a4 = "198.51.100.146"
     launch(plug, "pa8", PROJECT_A, nic(a4, "100"))
     assert clients["t100"].ping_within(a4, 5)
@@ -328,20 +330,31 @@ def test_doctor_healthy_and_broken(plug: PluginLab, clients: dict[str, Client]) 
     assert f"hooks {PROJECT_A}/pa8" in checks, text
 
     # Break it: the reverse-path rule goes, a foreign catch-all rule comes.
-    plug.lab.ns_run("ip", "-4", "rule", "del", "iif", "lo", "lookup", "1158")
+    # The daemon is stopped first: it would put its rule back at once.
+    setup.stop()
+    plug.defer(setup.start)
     plug.defer(lambda: plug.cli("reconcile", "--all-projects"))
+    plug.lab.ns_run("ip", "-4", "rule", "del", "iif", "lo", "lookup", "1158")
+
+    def host_pings() -> bool:
+        ping = [plug.lab.busybox, "ping", "-4", "-q", "-c", "1", "-W", "1", a4]
+        return plug.lab.ns_run(*ping, check=False).returncode == 0
+
+    # Packets: the host (main domain) no longer finds the instance...
+    assert not host_pings()
     plug.lab.ns_run("ip", "-4", "rule", "add", "pref", "500", "from", "all", "lookup", "100")
     plug.defer(
         lambda: plug.lab.ns_run(
             "ip", "-4", "rule", "del", "pref", "500", "from", "all", "lookup", "100", check=False
         )
     )
-    # Packets: the main domain now reaches tenant A's instance.
-    assert clients["main"].ping_within(a4, 5)
+    # ...until the foreign rule lets main-domain traffic into table 100.
+    assert until(host_pings, 5)
     code, checks = doctor(plug)
     text = plug.cli("doctor").stdout
     print(text)
     assert code == 2, text
+    assert checks["daemon"][0]["level"] == "warn", text
     (rp,) = checks["reverse path ipv4"]
     assert rp["level"] == "fail" and "no `iif lo lookup 1158` rule" in rp["message"], rp
     (table,) = checks["table 100 (ipv4)"]
