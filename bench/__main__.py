@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.netns import Namespaces
 
-from . import figures, lab_figures, report
+from . import figures, lab_figures, report, rule_lookup
 from .figures import Results
 
 HERE = Path(__file__).resolve().parent
@@ -42,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
     p.add_argument(
         "--only",
-        choices=("bulk", "exec", "read", "lab"),
+        choices=("bulk", "exec", "read", "rules", "lab"),
         action="append",
-        help="run only these parts (lab: start hook and event storm on a real Incus)",
+        help="run only these parts (rules: route lookups from lo under three rule layouts; "
+        "lab: start hook and event storm on a real Incus)",
+    )
+    p.add_argument(
+        "--lookups", type=int, default=20_000, help="route lookups per rule-layout figure"
     )
     p.add_argument("--starts", type=int, default=20, help="incus starts per variant (lab)")
     p.add_argument("--storm", default="50,100,200", help="event-storm sizes (lab)")
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ip") is None:
         print("python -m bench needs iproute2 (ip)", file=sys.stderr)
         return 2
-    parts = set(args.only or ("bulk", "exec", "read", "lab"))
+    parts = set(args.only or ("bulk", "exec", "read", "rules", "lab"))
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -83,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res.series += got.series
                 res.facts.update(got.facts)
+        if "rules" in parts:
+            rules = rule_lookup.rule_lookup(
+                nss, rule_lookup.ADDRESSES, args.lookups, args.reps, log
+            )
+            res.facts["rule_lookup"] = rules
+            for line in rule_lookup.lines(rules):
+                log(line)
     lab_results: dict[str, Any] | None = None
     if "lab" in parts:
         log("")

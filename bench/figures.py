@@ -216,7 +216,7 @@ def bulk(nss: Namespaces, sizes: list[int], reps: int, run_dir: str, log: Log) -
     with device_namespace(nss, "bulk", run_dir) as dev:
         for size in sizes:
             w = Workload.of_routes(size)
-            n, nrules = w.routes, len(w.tables)
+            n, nrules = w.routes, w.rules
             intent = parse_device(w.device_config())
             names = (
                 "ip -batch add", "ip -batch del", "floor add", "floor del",
@@ -224,7 +224,7 @@ def bulk(nss: Namespaces, sizes: list[int], reps: int, run_dir: str, log: Log) -
                 "process device apply", "process device cleanup",
             )  # fmt: skip
             series = {name: Series(name, n) for name in names}
-            log(f"bulk: {n} routes ({len(w.addresses)} addresses x tables {w.tables})")
+            log(f"bulk: {n} routes ({len(w.addresses)} addresses x tables {w.route_tables})")
             for rep in range(reps + 1):
                 t: dict[str, float] = {}
                 dev.expect(0, 0, "start")

@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 TABLES = (100, 200, 250)
+RP_TABLE = 1158  # the plugin's reverse-path table: one more copy of each address
 RULE_PRIORITY = 1100
 PROTOCOL = 158
 # The plugin's device: the host end of an instance's routed NIC.
@@ -30,7 +31,8 @@ def own_addresses(count: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Workload:
-    """``addresses`` IPv4 host routes in each of ``tables``, on ``dev``."""
+    """``addresses`` IPv4 host routes in each of ``tables`` and in the
+    reverse-path table, on ``dev``, and the one reverse-path rule."""
 
     addresses: tuple[str, ...]
     tables: tuple[int, ...] = TABLES
@@ -39,11 +41,20 @@ class Workload:
     @classmethod
     def of_routes(cls, routes: int, tables: tuple[int, ...] = TABLES) -> Workload:
         """The smallest workload of at least ``routes`` routes."""
-        return cls(tuple(own_addresses(-(-routes // len(tables)))), tables)
+        return cls(tuple(own_addresses(-(-routes // (len(tables) + 1)))), tables)
+
+    @property
+    def route_tables(self) -> tuple[int, ...]:
+        """The tables the routes go to, in the plugin's order."""
+        return (*self.tables, RP_TABLE)
 
     @property
     def routes(self) -> int:
-        return len(self.addresses) * len(self.tables)
+        return len(self.addresses) * len(self.route_tables)
+
+    @property
+    def rules(self) -> int:
+        return 1
 
     def device_config(self) -> dict[str, str]:
         """The NIC device keys, as Incus stores them."""
@@ -58,11 +69,7 @@ class Workload:
     # -- the same thing as iproute2 commands -----------------------------------
 
     def _rule_lines(self, verb: str) -> list[str]:
-        return [
-            f"rule {verb} iif lo lookup {t} suppress_prefixlength 31 "
-            f"pref {RULE_PRIORITY} protocol {PROTOCOL}"
-            for t in self.tables
-        ]
+        return [f"rule {verb} iif lo lookup {RP_TABLE} pref {RULE_PRIORITY} protocol {PROTOCOL}"]
 
     def route_lines(self, verb: str) -> list[str]:
         """`ip` commands (without the leading `ip`) for every route, in the
@@ -71,7 +78,7 @@ class Workload:
             f"route {verb} {a}/32 dev {self.dev} table {t} protocol {PROTOCOL}"
             if verb == "add"
             else f"route {verb} {a}/32 dev {self.dev} table {t}"
-            for t in self.tables
+            for t in self.route_tables
             for a in self.addresses
         ]
 

@@ -34,6 +34,21 @@ def _rule_priority(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _rp_table(text: str) -> int:
+    from .numbers import NumberError, parse_decimal
+
+    try:
+        table = parse_decimal("reverse-path table", text, 1, 4294967295)
+    except NumberError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    # default (253), main (254), local (255): the kernel's own tables.
+    if 253 <= table <= 255:
+        raise argparse.ArgumentTypeError(
+            f"reverse-path table {text!r} is one of the kernel's own tables (253-255)"
+        )
+    return table
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -51,20 +66,25 @@ def _policy_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .desired import DEFAULT_RULE_PRIORITY
+    from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY
 
     parser = argparse.ArgumentParser(
         prog="incus-host-tables",
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
-    parser.add_argument(
-        "--rule-priority",
-        type=_rule_priority,
-        # A string default goes through type= too: a bad value is a usage error.
-        default=os.environ.get("INCUS_HOST_TABLES_RULE_PRIORITY", str(DEFAULT_RULE_PRIORITY)),
-        help="preference of the plugin's policy rules "
-        f"(default {DEFAULT_RULE_PRIORITY}, or $INCUS_HOST_TABLES_RULE_PRIORITY)",
-    )
+    for flag, parse, default, what in (
+        ("--rule-priority", _rule_priority, DEFAULT_RULE_PRIORITY,
+         "preference of the plugin's policy rules"),
+        ("--rp-table", _rp_table, DEFAULT_RP_TABLE, "the plugin's reverse-path routing table"),
+    ):  # fmt: skip
+        env = "INCUS_HOST_TABLES_" + flag[2:].upper().replace("-", "_")
+        parser.add_argument(
+            flag,
+            type=parse,
+            # A string default goes through type= too: a bad value is a usage error.
+            default=os.environ.get(env, str(default)),
+            help=f"{what} (default {default}, or ${env})",
+        )
     sub = parser.add_subparsers(dest="command", required=True)
 
     device = sub.add_parser("device", help="act on one host interface (no Incus needed)")
@@ -168,7 +188,7 @@ def _device(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     try:
-        engine = Engine(rule_priority=args.rule_priority)
+        engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     except PermissionError as err:
         print(f"error: netlink: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
@@ -177,6 +197,10 @@ def _device(args: argparse.Namespace) -> int:
             dp = engine.cleanup(args.host_name, intent)
         else:
             dp = engine.converge(args.host_name, intent, dry_run=args.action == "plan")
+    except ConfigError as err:  # valid alone, not on this host (the reverse-path table)
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     except InterfaceMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
@@ -208,7 +232,7 @@ def _hook(args: argparse.Namespace) -> int:
 
     logging.basicConfig(format="incus-host-tables: %(message)s", level=logging.WARNING)
     hook = args.type or os.environ.get("LXC_HOOK_TYPE", "")
-    engine = Engine(rule_priority=args.rule_priority)
+    engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     try:
         out = run_hook(
             engine, hook, os.environ.get("LXC_NAME", ""), os.environ.get("LXC_CONFIG_FILE", "")
@@ -236,7 +260,8 @@ def _watch(args: argparse.Namespace) -> int:
         log.info("no policy file at %s: no tenant restriction", ACTIVE.path)
     else:
         log.info("policy %s in force: %d project(s)", ACTIVE.path, len(policy.projects))
-    return Daemon(socket=args.socket, rule_priority=args.rule_priority).run()
+    daemon = Daemon(socket=args.socket, rule_priority=args.rule_priority, rp_table=args.rp_table)
+    return daemon.run()
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -244,7 +269,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from .policy import ACTIVE
 
     ACTIVE.use(args.policy)
-    checks = judge(gather(ACTIVE, socket_path=args.socket))
+    checks = judge(gather(ACTIVE, socket_path=args.socket, rp_table=args.rp_table))
     print(render(checks, args.format))
     return exit_code(checks)
 
@@ -331,7 +356,7 @@ def _instances(args: argparse.Namespace) -> int:
         )
         if args.command == "validate":
             return commands.validate(snapshots, policy, _kernel_rules())
-        engine = Engine(rule_priority=args.rule_priority)
+        engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
         try:
             if args.command == "status":
                 rows = commands.status(engine, snapshots, policy, _kernel_rules())

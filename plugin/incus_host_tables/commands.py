@@ -11,8 +11,8 @@ from types import MappingProxyType
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device, validate_device
-from .desired import FAMILY_OF, desired_routes, rules_for_routes
-from .engine import RTPROT_KERNEL, Engine
+from .desired import FAMILY_OF
+from .engine import Engine
 from .exitcodes import ExitCode
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
@@ -179,24 +179,26 @@ def _device_status(
     except ConfigError as err:
         intent = None
         row.state, row.detail = "error", str(err)
-    ifindex = engine.nl.ifindex(host_name) if host_name else None
-    present = engine.link_routes(ifindex) if ifindex is not None else []
-    desired = desired_routes(intent) if intent is not None else []
+    if intent is not None and engine.intent_problems(intent):
+        row.state, row.detail = "error", "; ".join(engine.intent_problems(intent))
+        intent = None
+    ifindex, present = engine.interface_routes(host_name) if host_name else (None, [])
     for name, family in FAMILY_OF.items():
         fam = getattr(intent, name) if intent is not None else None
         addresses = [str(a) for a in fam.addresses] if fam is not None else []
-        # With an unreadable config every non-kernel route on the interface
-        # counts: that is what isolation removes.
+        # The instance's routes as the ownership policy sees them (ours, or
+        # Incus's): what isolation removes. The reverse-path table is the
+        # plugin's own (RULES tells about it; a missing copy is drift).
         actual = sorted(
             {
                 kr.route.table
                 for kr in present
                 if kr.route.family == family
-                and kr.route.table != LOCAL_TABLE
-                and kr.protocol != RTPROT_KERNEL
+                and kr.route.table not in (LOCAL_TABLE, engine.rp_table)
+                and engine.policy.instance_route(kr)
             }
         )
-        need = rules_for_routes([r for r in desired if r.family == family], engine.rule_priority)
+        need = engine.rules_needed(intent, family) if intent is not None else set()
         rule_state = (
             "n/a" if not need or ifindex is None else ("ok" if need <= rules else "missing")
         )

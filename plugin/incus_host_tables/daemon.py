@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+from .desired import DEFAULT_RP_TABLE
 from .engine import Engine
 from .hookrun import run_hook
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
@@ -69,10 +70,12 @@ class Daemon:
         *,
         socket: str | None = None,
         rule_priority: int,
+        rp_table: int = DEFAULT_RP_TABLE,
         workers: int = 4,
         connect: Callable[[], IncusClient] | None = None,
     ) -> None:
         self.rule_priority = rule_priority
+        self.rp_table = rp_table
         self._connect = connect or (lambda: IncusClient(socket))
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
@@ -90,7 +93,8 @@ class Daemon:
     def engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
         if engine is None:
-            engine = self._local.engine = Engine(rule_priority=self.rule_priority)
+            engine = Engine(rule_priority=self.rule_priority, rp_table=self.rp_table)
+            self._local.engine = engine
         return engine
 
     def client(self) -> IncusClient:

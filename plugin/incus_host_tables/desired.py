@@ -25,18 +25,23 @@ from .model import (
 
 FAMILY_OF: dict[str, int] = {"ipv4": AF_INET, "ipv6": AF_INET6}
 
-# The rule that lets the reverse-path filter's lookup (input interface lo)
-# see an isolated table honours only host routes of it: every shorter match
-# is suppressed and the lookup goes on to the next rule.
-SUPPRESS_SHORTER_THAN_HOST: dict[int, int] = {AF_INET: 31, AF_INET6: 127}
+# The reverse-path table (see docs/configuration.md, "Reverse path"): one
+# plugin copy of every prefix of every instance that has a table other than
+# main, on the instance's interface, and one rule per family
+# `iif lo lookup RP_TABLE` that lets lookups with input interface lo (Incus's
+# strict reverse-path filter, the host's own traffic) find them. The table
+# holds nothing else, so a lookup of any other address falls through to the
+# next rules (main) whatever the chosen tables hold, unreachable defaults of
+# VRF-style tables included.
+DEFAULT_RP_TABLE = 1158
 
 DEFAULT_RULE_PRIORITY = 1100
 
 
-def desired_routes(intent: DeviceIntent) -> list[Route]:
+def desired_routes(intent: DeviceIntent, rp_table: int = DEFAULT_RP_TABLE) -> list[Route]:
     """Every address as a host route and every extra route, in every chosen
-    table. Host routes come first: the extra routes' gateway resolves
-    through them."""
+    table, and in the reverse-path table when a chosen table is not main.
+    Host routes come first: the extra routes' gateway resolves through them."""
     if intent.vrf is not None:
         return []  # the VRF's table holds them; Incus puts them there
     routes: list[Route] = []
@@ -45,14 +50,23 @@ def desired_routes(intent: DeviceIntent) -> list[Route]:
         priority = DEFAULT_PRIORITY[family]
         plen = HOST_PREFIXLEN[family]
         packed = [addr.packed for addr in fam.addresses]  # once, not once per table
-        for table in fam.tables:
+        tables = tables_with_rp(fam.tables, rp_table)
+        for table in tables:
             routes += _routes(family, table, packed, repeat(plen), None, priority)
         if fam.routes:
             dsts = [net.network_address.packed for net in fam.routes]
             plens = [net.prefixlen for net in fam.routes]
-            for table in fam.tables:
+            for table in tables:
                 routes += _routes(family, table, dsts, plens, packed[0], priority)
     return routes
+
+
+def tables_with_rp(tables: tuple[int, ...], rp_table: int) -> tuple[int, ...]:
+    """The chosen tables, and the reverse-path table after them when one of
+    them is not main (main needs no help: lookups from lo see it anyway)."""
+    if any(table != MAIN_TABLE for table in tables) and rp_table not in tables:
+        return (*tables, rp_table)
+    return tables
 
 
 def _routes(
@@ -97,52 +111,33 @@ def prunable_table(intent: DeviceIntent, table: int) -> bool:
     return True
 
 
-_FAMILY_TABLE_PREFIXLEN = itemgetter(0, 1, 3)
-_FAMILY_TABLE_DST_PREFIXLEN = itemgetter(0, 1, 2, 3)
+_FAMILY_TABLE = itemgetter(0, 1)
 
 
-def rules_for_routes(routes: Iterable[Route], priority: int) -> set[Rule]:
-    """The policy rules that plugin-owned routes need so that the strict
-    reverse-path filter (and the host itself, both looking up with input
-    interface lo) finds them outside main: one rule per table for host
-    routes, one per prefix for shorter extra routes. Main needs none."""
-    routes = routes if isinstance(routes, list | tuple) else list(routes)
-    rules: set[Rule] = set()
-    # The distinct (family, table, prefixlen) of thousands of routes are a
-    # handful: decide on those. Only shorter prefixes need their addresses.
-    shorter = False
-    for family, table, prefixlen in set(map(_FAMILY_TABLE_PREFIXLEN, routes)):
-        if table == MAIN_TABLE:
-            continue
-        if prefixlen == HOST_PREFIXLEN[family]:
-            rules.add(Rule(family, table, priority, None, 0, SUPPRESS_SHORTER_THAN_HOST[family]))
-        else:
-            shorter = True
-    if shorter:
-        for family, table, dst, prefixlen in set(map(_FAMILY_TABLE_DST_PREFIXLEN, routes)):
-            if table != MAIN_TABLE and prefixlen != HOST_PREFIXLEN[family]:
-                rules.add(Rule(family, table, priority, dst, prefixlen, None))
-    return rules
+def rp_rule(family: int, rp_table: int, priority: int) -> Rule:
+    """The one reverse-path rule of a family: `iif lo lookup RP_TABLE`."""
+    return Rule(family, rp_table, priority, None, 0, None)
 
 
-def rules_for_intent(intent: DeviceIntent, priority: int) -> set[Rule]:
-    """``rules_for_routes(desired_routes(intent), priority)``, from the
-    intent's tables and extra prefixes without making every route."""
+def rules_for_routes(routes: Iterable[Route], priority: int, rp_table: int) -> set[Rule]:
+    """The reverse-path rule of every family of which ``routes`` put a
+    route in the reverse-path table. Only the few distinct (family, table)
+    pairs of thousands of routes are looked at."""
+    return {
+        rp_rule(family, rp_table, priority)
+        for family, table in set(map(_FAMILY_TABLE, routes))
+        if table == rp_table
+    }
+
+
+def rules_for_intent(intent: DeviceIntent, priority: int, rp_table: int) -> set[Rule]:
+    """``rules_for_routes(desired_routes(intent, rp_table), priority, rp_table)``,
+    from the intent's tables without making every route."""
     if intent.vrf is not None:
         return set()
-    rules: set[Rule] = set()
-    for fam in intent.families():
-        if not fam.addresses:
-            continue  # no address, no routes (extra routes need one)
-        family = FAMILY_OF[fam.family]
-        host = HOST_PREFIXLEN[family]
-        for table in fam.tables:
-            if table == MAIN_TABLE:
-                continue
-            rules.add(Rule(family, table, priority, None, 0, SUPPRESS_SHORTER_THAN_HOST[family]))
-            rules.update(
-                Rule(family, table, priority, net.network_address.packed, net.prefixlen, None)
-                for net in fam.routes
-                if net.prefixlen != host
-            )
-    return rules
+    return {
+        rp_rule(FAMILY_OF[fam.family], rp_table, priority)
+        for fam in intent.families()
+        # no address, no routes (extra routes need one)
+        if fam.addresses and rp_table in tables_with_rp(fam.tables, rp_table)
+    }

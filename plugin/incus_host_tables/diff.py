@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import NamedTuple
 
 from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule
+from .ownership import OwnershipPolicy
 
 
 @dataclass
@@ -19,14 +22,23 @@ class Plan:
     route_adopt: list[KernelRoute] = field(default_factory=list)
     route_delete: list[KernelRoute] = field(default_factory=list)
     rule_delete: list[KernelRule] = field(default_factory=list)
+    # Rules of the old scheme that a new reverse-path rule must come before
+    # (the kernel appends a rule after those of equal preference): deleted
+    # and added again, last.
+    rule_move: list[KernelRule] = field(default_factory=list)
+    # Desired routes that collide with a route the plugin may not touch
+    # (ownership.py): the plan cannot be applied.
+    route_conflict: list[tuple[Route, KernelRoute]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.rule_add
+            self.route_conflict
+            or self.rule_add
             or self.route_add
             or self.route_adopt
             or self.route_delete
             or self.rule_delete
+            or self.rule_move
         )
 
     def count(self) -> int:
@@ -36,58 +48,72 @@ class Plan:
             + len(self.route_adopt)
             + len(self.route_delete)
             + len(self.rule_delete)
+            + 2 * len(self.rule_move)
         )
+
+
+class RouteDiff(NamedTuple):
+    add: list[Route]
+    adopt: list[KernelRoute]
+    delete: list[KernelRoute]
+    # Present routes that no one may touch (ownership.py) where a desired
+    # route must go: refused, never taken over.
+    conflicts: list[tuple[Route, KernelRoute]]
+
+
+_KEY = itemgetter(0, 1, 2, 3, 5)  # family, table, dst, prefixlen, priority: the kernel's identity
 
 
 def diff_routes(
     desired: Iterable[Route],
     present: Iterable[KernelRoute],
     *,
-    protocol: int,
-    owned_prefixes: set[tuple[int, bytes, int]],
+    policy: OwnershipPolicy,
+    owned_prefixes: set[tuple[int, bytes, int]] | None,
     prunable: Callable[[int], bool],
-) -> tuple[list[Route], list[KernelRoute], list[KernelRoute]]:
-    """Routes of one interface: (add, adopt, delete).
+) -> RouteDiff:
+    """Routes of one interface: add, adopt, delete, conflicts.
 
     ``present`` are the routes on the device's interface, all tables. A
-    present route is removed when it is not desired and either the plugin
-    installed it or it is a copy of an instance prefix (Incus's copy in main,
-    or one left in a table no longer chosen) in a table we may prune.
-    Anything else on the interface (the kernel's link-local route, the local
-    table) is left alone.
+    present route is removed when it is not desired, the policy lets the
+    plugin remove it (ours, or Incus's copy of an instance prefix), and its
+    table may be pruned. Anything else on the interface (the kernel's
+    link-local route, the local table, an operator's or a routing daemon's
+    route) is left alone; where a desired route would collide with such a
+    route, that is a conflict. ``owned_prefixes`` None: the instance's
+    prefixes are unknown (see ownership.py).
     """
     # One pass over thousands of routes: plain loop, locals only, no calls
     # on the common paths (desired and present; ours, to delete).
     want = dict.fromkeys(desired)
+    ours = policy.protocol
     adopt: list[KernelRoute] = []
     delete: list[KernelRoute] = []
+    foreign: list[KernelRoute] = []
     seen: set[Route] = set()
-    if not want:  # cleanup: what the loop below does when nothing is wanted
-        delete = [
-            kr
-            for kr in present
-            if kr.route.table != LOCAL_TABLE
-            and (
-                kr.protocol == protocol
-                or (
-                    (kr.route.family, kr.route.dst, kr.route.prefixlen) in owned_prefixes
-                    and prunable(kr.route.table)
-                )
-            )
-        ]
-    for kr in present if want else ():
+    for kr in present:
         r = kr.route
         if r.table == LOCAL_TABLE:
             continue
-        if r in want and r not in seen:
-            seen.add(r)
-            if kr.protocol != protocol:
-                adopt.append(kr)
+        if kr.protocol == ours:
+            if r in want and r not in seen:
+                seen.add(r)
+            else:
+                delete.append(kr)
             continue
-        if kr.protocol == protocol or (
-            (r.family, r.dst, r.prefixlen) in owned_prefixes and prunable(r.table)
-        ):
-            delete.append(kr)
+        if policy.adoptable(kr, owned_prefixes):
+            if r in want and r not in seen:
+                seen.add(r)
+                adopt.append(kr)
+            elif prunable(r.table):
+                delete.append(kr)
+            continue
+        if want:
+            foreign.append(kr)
+    conflicts: list[tuple[Route, KernelRoute]] = []
+    if foreign:
+        by_key = {_KEY(r): r for r in want if r not in seen}
+        conflicts = [(by_key[_KEY(kr.route)], kr) for kr in foreign if _KEY(kr.route) in by_key]
     add = [r for r in want if r not in seen] if seen else list(want)
     # Extra routes before host routes: their gateway resolves through them
     # (the same stable order a sort on "is a host route" gives).
@@ -95,7 +121,7 @@ def diff_routes(
         delete = [kr for kr in delete if kr.route.gateway is not None] + [
             kr for kr in delete if kr.route.gateway is None
         ]
-    return add, adopt, delete
+    return RouteDiff(add, adopt, delete, conflicts)
 
 
 def diff_rules(
@@ -103,12 +129,28 @@ def diff_rules(
 ) -> tuple[list[Rule], list[KernelRule]]:
     """Plugin rules: add the missing desired ones; delete present ones that
     are not desired and that ``may_delete`` releases (another device may
-    still need a shared per-table rule)."""
+    still need the shared reverse-path rule)."""
     present = list(present)
     have = {kr.rule for kr in present}
     add = sorted(desired - have, key=rule_sort_key)
     delete = [kr for kr in present if kr.rule not in desired and may_delete(kr.rule)]
     return add, delete
+
+
+def rules_to_move(
+    added: Iterable[Rule], present: Iterable[KernelRule], deleted: Iterable[KernelRule]
+) -> list[KernelRule]:
+    """The present plugin rules, other than those ``deleted``, that share a
+    family and preference with an ``added`` rule: the added one would land
+    after them, and a stale rule for a strict table ahead of it ends the
+    lookup before it (see ``Plan.rule_move``)."""
+    slots = {(r.family, r.priority) for r in added}
+    if not slots:
+        return []
+    gone = {kr.rule for kr in deleted}
+    return [
+        kr for kr in present if (kr.rule.family, kr.rule.priority) in slots and kr.rule not in gone
+    ]
 
 
 def rule_sort_key(rule: Rule) -> tuple[int, int, bytes, int, int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import rawlxc
 from .config import ConfigError, DeviceIntent, parse_device
-from .desired import FAMILY_OF
+from .desired import DEFAULT_RP_TABLE, FAMILY_OF
 from .incus import IncusClient, IncusError, InstanceSnapshot
 from .locking import run_dir
 from .model import AF_INET, AF_INET6, MAIN_TABLE
@@ -37,7 +37,6 @@ from .rulecheck import (
     reverse_path_rule,
 )
 
-DEFAULT_RP_TABLE = 1158  # the reverse-path table (docs/architecture.md)
 NATIVE_KEYS_EXTENSION = "instance_nic_routed_host_tables"  # Incus >= 6.13
 HOOK_SOCKET = "hook.sock"
 FORWARDING_SYSCTLS = {

@@ -10,22 +10,23 @@ holds across processes.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from . import problems
 from .config import ConfigError, DeviceIntent, parse_device
 from .engine import Engine, InterfaceMissing
-from .locking import run_dir
-from .netlink.kernel import ApplyError
+from .facts import FAMILIES
+from .locking import instance_lock
+from .model import AF_INET
+from .netlink.kernel import ApplyError, NetlinkError
 from .policy import ACTIVE as ACTIVE_POLICY
 
 log = logging.getLogger("incus-host-tables")
+FAMILY_NAMES = {family: "ipv4" if family == AF_INET else "ipv6" for family in FAMILIES}
 
 
 class Nic(Protocol):
@@ -49,31 +50,32 @@ class NicResult:
     error: str | None = None
 
 
+class Action(StrEnum):
+    """What a lifecycle call did (or, dry, would do)."""
+
+    PLAN = "plan"
+    APPLY = "apply"
+    PLAN_CLEANUP = "plan-cleanup"
+    CLEANUP = "cleanup"
+
+
+# What one NIC's engine call may fail with: a kernel refusal (rolled back or
+# not), a vanished interface, any other netlink or OS error. Never let one
+# NIC's failure stop the others.
+NIC_FAILURES = (NetlinkError, OSError, InterfaceMissing, ApplyError, ConfigError)
+
+
 @dataclass
 class Outcome:
     project: str
     name: str
-    action: str
+    action: str  # an Action, or the hook that failed before lifecycle ran
     nics: list[NicResult] = field(default_factory=list)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@contextmanager
-def instance_lock(project: str, name: str) -> Iterator[None]:
-    directory = os.path.join(run_dir(), "instances", project)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(
-        os.path.join(directory, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-    )
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _intent_or_none(config: Mapping[str, str]) -> DeviceIntent | None:
@@ -111,7 +113,7 @@ class Lifecycle:
         previous: Sequence[Nic],
         dry_run: bool,
     ) -> Outcome:
-        out = Outcome(project, name, "plan" if dry_run else "apply")
+        out = Outcome(project, name, Action.PLAN if dry_run else Action.APPLY)
         intents: dict[str, DeviceIntent] = {}
         problems_found: list[str] = []
         denied: list[str] = []  # tenant policy (policy.py): refused like an invalid config
@@ -123,6 +125,11 @@ class Lifecycle:
             except ConfigError as err:
                 result.error = str(err)
                 problems_found.extend(f"device {nic.device}: {p}" for p in err.problems)
+                continue
+            refused = self.engine.intent_problems(intent)
+            if refused:
+                result.error = "; ".join(refused)
+                problems_found.extend(f"device {nic.device}: {p}" for p in refused)
                 continue
             violations = ACTIVE_POLICY.violations(project, nic.device, nic.config, intent)
             if violations:
@@ -158,7 +165,7 @@ class Lifecycle:
             assert nic.host_name is not None
             try:
                 dp = self.engine.converge(nic.host_name, intents[nic.device], dry_run=dry_run)
-            except (ApplyError, InterfaceMissing) as err:
+            except NIC_FAILURES as err:
                 result.error = str(err)
                 return self._fail(out, nics, f"device {nic.device}: {err}", dry_run)
             result.changes = dp.lines()
@@ -173,15 +180,55 @@ class Lifecycle:
             return out
         log.error("%s/%s: %s; isolating the instance", out.project, out.name, message)
         problems.record(out.project, out.name, message, self.source)
+        failed = False
         for nic in nics:
-            try:
-                self.engine.cleanup(nic.host_name, _intent_or_none(nic.config))
-            except (ApplyError, OSError) as err:  # keep isolating the others
+            _, errors = self._cleanup_nic(nic, dry_run=False)
+            for error in errors:  # the other NICs are isolated all the same
+                failed = True
                 log.error(
-                    "%s/%s device %s: isolation failed: %s", out.project, out.name, nic.device, err
+                    "%s/%s device %s: isolation failed: %s",
+                    out.project,
+                    out.name,
+                    nic.device,
+                    error,
                 )
-                out.error += f"; isolation of device {nic.device} failed: {err}"
+                out.error += f"; isolation of device {nic.device} failed: {error}"
+        if failed or any(_intent_or_none(n.config) is None for n in nics):
+            out.error = _joined(out.error, self._resync())
         return out
+
+    def _cleanup_nic(self, nic: Nic, *, dry_run: bool) -> tuple[list[str], list[str]]:
+        """(changes, errors) of removing one NIC's routes. A failure of the
+        whole is retried family by family, so that one family's trouble
+        never keeps the other's routes in place."""
+        intent = _intent_or_none(nic.config)
+        try:
+            if dry_run:
+                return self.engine.plan_cleanup(nic.host_name, intent).lines(), []
+            return self.engine.cleanup(nic.host_name, intent).lines(), []
+        except NIC_FAILURES as err:
+            if dry_run:
+                return [], [str(err)]
+            first = str(err)
+        changes: list[str] = []
+        errors: list[str] = []
+        for family in FAMILIES:
+            try:
+                changes += self.engine.cleanup(nic.host_name, intent, families=(family,)).lines()
+            except NIC_FAILURES as err:
+                errors.append(f"{FAMILY_NAMES[family]}: {err}")
+        if errors and not any(first in e for e in errors):
+            errors.insert(0, first)
+        return changes, errors
+
+    def _resync(self) -> str | None:
+        """Resync the shared rules; the error, if that fails too."""
+        try:
+            self.engine.resync_rules()
+        except NIC_FAILURES as err:
+            log.error("rules resync failed: %s", err)
+            return f"rules resync failed: {err}"
+        return None
 
     def stop(
         self,
@@ -193,27 +240,34 @@ class Lifecycle:
         forget: bool = False,
     ) -> Outcome:
         """Remove the NICs' routes (if their interfaces still exist) and the
-        rules only they needed. ``forget``: the instance is gone (deleted)."""
+        rules only they needed. ``forget``: the instance is gone (deleted).
+        Every NIC and family is processed whatever fails; the errors are
+        collected in the outcome, and the shared rules are resynced after
+        any failure (or a NIC whose config is unreadable)."""
         with instance_lock(project, name):
-            out = Outcome(project, name, "plan-cleanup" if dry_run else "cleanup")
+            out = Outcome(project, name, Action.PLAN_CLEANUP if dry_run else Action.CLEANUP)
+            errors: list[str] = []
             for nic in nics:
                 result = NicResult(nic.device, nic.host_name)
                 out.nics.append(result)
-                try:
-                    if dry_run:
-                        dp = self.engine.plan_cleanup(nic.host_name, _intent_or_none(nic.config))
-                    else:
-                        dp = self.engine.cleanup(nic.host_name, _intent_or_none(nic.config))
-                    result.changes = dp.lines()
-                except ApplyError as err:
-                    result.error = str(err)
-                    out.error = f"device {nic.device}: {err}"
-            if not dry_run and any(_intent_or_none(n.config) is None for n in nics):
-                # Which rules such a NIC needed is unknown: resync them all.
-                self.engine.resync_rules()
+                result.changes, nic_errors = self._cleanup_nic(nic, dry_run=dry_run)
+                if nic_errors:
+                    result.error = "; ".join(nic_errors)
+                    errors.append(f"device {nic.device}: {result.error}")
+            out.error = "; ".join(errors) or None
+            unknown = any(_intent_or_none(n.config) is None for n in nics)
+            if not dry_run and (errors or unknown):
+                # Which rules the failed or unreadable NICs needed is not
+                # known for sure: resync them all.
+                out.error = _joined(out.error, self._resync())
             if not dry_run and forget:
                 # A recorded refusal stays until a successful start, so that
                 # `status` still explains a stopped instance; a deleted one
                 # has nothing left to explain.
                 problems.clear(project, name)
             return out
+
+
+def _joined(first: str | None, second: str | None) -> str | None:
+    parts = [p for p in (first, second) if p]
+    return "; ".join(parts) or None

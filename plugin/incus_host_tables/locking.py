@@ -1,9 +1,11 @@
-"""The host-wide lock around read -> plan -> apply.
+"""The run directory and the file locks that hold across processes.
 
-Per-table rules are shared by devices: deciding that a rule is no longer
-needed and deleting it must not interleave with another device adding routes
-that need it. Holding one lock for the few milliseconds of an apply keeps
-that simple across hooks, the daemon and the CLI.
+- The host lock, around read -> plan -> apply: the reverse-path rules are
+  shared by devices, and deciding that a rule is no longer needed and
+  deleting it must not interleave with another device adding routes that
+  need it. Holding one lock for the few milliseconds of an apply keeps that
+  simple across hooks, the daemon and the CLI.
+- A per-instance lock, around all work on one instance.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 DEFAULT_RUN_DIR = "/run/incus-host-tables"
 
@@ -21,12 +23,20 @@ def run_dir() -> str:
 
 
 @contextmanager
-def host_lock() -> Iterator[None]:
-    directory = run_dir()
+def file_lock(directory: str, name: str) -> Iterator[None]:
+    """An exclusive flock on ``directory/name`` (both made, private, as needed)."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def host_lock() -> AbstractContextManager[None]:
+    return file_lock(run_dir(), "lock")
+
+
+def instance_lock(project: str, name: str) -> AbstractContextManager[None]:
+    return file_lock(os.path.join(run_dir(), "instances", project), f"{name}.lock")

@@ -53,12 +53,14 @@ class KernelRoute(NamedTuple):
 
 
 class Rule(NamedTuple):
-    """A policy rule `iif lo [to DST/LEN] lookup TABLE [suppress_prefixlength N]`."""
+    """A policy rule `iif lo [to DST/LEN] lookup TABLE [suppress_prefixlength N]`:
+    the plugin makes only `iif lo lookup RP_TABLE`; the other forms are the
+    rules of earlier versions, read so that the rules resync removes them."""
 
     family: int
     table: int
     priority: int
-    dst: bytes | None  # None: the per-table rule for host routes
+    dst: bytes | None  # None: no `to` selector
     prefixlen: int
     suppress_prefixlength: int | None
 

@@ -44,6 +44,9 @@ from typing import Any  # noqa: E402
 from lab.plugin import PluginDaemon, run_cli  # noqa: E402
 
 PLUGIN_PROTO = "158"
+RP_TABLE = "1158"  # the plugin's reverse-path table (default)
+# Its rule, per family, as PluginLab.rules() reports it.
+RP_RULES = {("4", RP_TABLE, -1), ("6", RP_TABLE, -1)}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -119,11 +122,17 @@ class PluginLab:
                 print(f"cleanup failed: {err}")
 
     def tables(self, addr: str) -> set[str]:
-        """Tables holding H's host route to exactly ``addr``."""
-        return {r["table"] for r in self.lab.route_entries(addr)}
+        """Tables holding H's host route to exactly ``addr``, the
+        reverse-path table aside (``rp_entries``)."""
+        return {r["table"] for r in self.entries(addr)}
 
     def entries(self, addr: str) -> list[dict[str, Any]]:
-        return self.lab.route_entries(addr)
+        """H's routes to exactly ``addr``, the reverse-path table aside."""
+        return [r for r in self.lab.route_entries(addr) if r["table"] != RP_TABLE]
+
+    def rp_entries(self, addr: str) -> list[dict[str, Any]]:
+        """H's routes to exactly ``addr`` in the reverse-path table."""
+        return [r for r in self.lab.route_entries(addr) if r["table"] == RP_TABLE]
 
     def rules(self) -> set[tuple[str, str, int]]:
         """The plugin's rules in H: (family, table, suppress_prefixlength)."""
@@ -141,6 +150,8 @@ class PluginLab:
         return str(config[f"volatile.{device}.host_name"])
 
     until = staticmethod(until)
+    RP_TABLE = RP_TABLE
+    RP_RULES = RP_RULES
 
 
 @pytest.fixture

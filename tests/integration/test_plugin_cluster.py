@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from lab import STRICT_TABLE_METRIC
 from lab import until as lab_until
 from lab.cluster import ClusterMember, IncusCluster
 from lab.plugin import PluginDaemon, run_cli
@@ -61,8 +60,17 @@ def until(check: Callable[[], bool], timeout: float = CONVERGE) -> bool:
     return lab_until(check, timeout)
 
 
+RP_TABLE = "1158"  # the plugin's reverse-path table
+RP_RULE = (RP_TABLE, "None")  # its rule, as rules() reports it
+
+
 def entries(m: ClusterMember, addr: str) -> list[dict[str, Any]]:
-    return m.route_entries(addr)
+    """The member's routes to exactly ``addr``, the reverse-path table aside."""
+    return [r for r in m.route_entries(addr) if r["table"] != RP_TABLE]
+
+
+def rp_entries(m: ClusterMember, addr: str) -> list[dict[str, Any]]:
+    return [r for r in m.route_entries(addr) if r["table"] == RP_TABLE]
 
 
 def rules(m: ClusterMember) -> set[tuple[str, str]]:
@@ -134,7 +142,8 @@ def test_only_the_local_daemon_acts(
     local, remote = cluster[here], cluster[there]
 
     assert until(lambda: only_in_table(local, addr, table)), entries(local, addr)
-    assert until(lambda: (table, "31") in rules(local)), rules(local)
+    assert until(lambda: rules(local) == {RP_RULE}), rules(local)
+    assert len(rp_entries(local, addr)) == 1, rp_entries(local, addr)
     rows = status(local, daemons[here], name)
     assert [r["state"] for r in rows] == ["ok"], rows
 
@@ -142,7 +151,7 @@ def test_only_the_local_daemon_acts(
     # that is alive and watching (it acts on its own member's instances in
     # the other parametrization and in test_stop_event_reaches_only_its_member).
     assert daemons[there].running, daemons[there].log()
-    assert entries(remote, addr) == []
+    assert entries(remote, addr) == rp_entries(remote, addr) == []
     assert rules(remote) == set(), rules(remote)
     assert status(remote, daemons[there], name) == []
     assert mentions(daemons[there], name) == [], daemons[there].log()
@@ -158,8 +167,8 @@ def test_stop_event_reaches_only_its_member(
     instances("c-ev2", "m2", a2, "100")
     instances("c-ev1", "m1", a1, "200")
     m1, m2 = cluster["m1"], cluster["m2"]
-    assert until(lambda: only_in_table(m2, a2, "100") and ("100", "31") in rules(m2))
-    assert until(lambda: only_in_table(m1, a1, "200") and ("200", "31") in rules(m1))
+    assert until(lambda: only_in_table(m2, a2, "100") and rules(m2) == {RP_RULE})
+    assert until(lambda: only_in_table(m1, a1, "200") and rules(m1) == {RP_RULE})
     m1_log = daemons["m1"].log()
 
     # Asked through m1: the event still comes from m2 (location m2).
@@ -171,7 +180,7 @@ def test_stop_event_reaches_only_its_member(
     # m1 unaffected: its own instance's route and rule stay, nothing logged.
     time.sleep(0.5)  # give a wrongly acting m1 daemon the chance to show it
     assert only_in_table(m1, a1, "200"), entries(m1, a1)
-    assert rules(m1) == {("200", "31")}, rules(m1)
+    assert rules(m1) == {RP_RULE}, rules(m1)
     assert entries(m1, a2) == []
     assert daemons["m1"].log()[len(m1_log) :].count("c-ev2") == 0, daemons["m1"].log()
 
@@ -228,24 +237,15 @@ def only_ours_in(m: ClusterMember, tables: set[str], *addrs: str) -> bool:
 
 @pytest.fixture(scope="module")
 def clients(cluster: IncusCluster) -> Iterator[dict[str, Any]]:
-    """Per member: a table-100 client and a main client.
-
-    Table 100 is not made strict here: with per-table reverse-path rules
-    (``iif lo lookup 100``), an ``unreachable default`` in table 100 would
-    also catch the member's own traffic, the cluster database's included.
-    Nothing is lost: a member's main table has no default route, so a lookup
-    from the table client that falls through to main still finds no route
-    to an instance whose route is not in main.
-    """
+    """Per member: a table-100 client (table 100 strict, as a VRF's: the
+    plugin's reverse-path table keeps the member's own traffic, the cluster
+    database's included, out of it) and a main client."""
     made: dict[str, Any] = {}
     try:
         for i, (name, m) in enumerate(cluster.members.items()):
             made[f"{name}-t100"] = m.add_client(
                 "ct100", table=100, v4=f"198.18.{40 + i}.2/28", v6=f"2001:db8:e4{i}::2/64"
             )
-            for fam in ("-4", "-6"):
-                m.ns_run("ip", fam, "route", "del", "unreachable", "default", "table", "100",
-                         "metric", str(STRICT_TABLE_METRIC))  # fmt: skip
             made[f"{name}-main"] = m.add_client(
                 "cmain", table=None, v4=f"198.18.{42 + i}.2/28", v6=f"2001:db8:e6{i}::2/64"
             )

@@ -57,7 +57,7 @@ def test_start_stop_restart(plug: PluginLab, daemon: PluginDaemon) -> None:
     nic = routed(a4, a6) | host_tables("100,200", "100,200")
     plug.launch("dss1", devices={"eth0": nic})
     want = {a4: {"100", "200"}, a6: {"100", "200"}}
-    rules = {("4", "100", 31), ("4", "200", 31), ("6", "100", 127), ("6", "200", 127)}
+    rules = plug.RP_RULES
     assert_converged(plug, want)
     assert plug.until(lambda: plug.rules() == rules, CONVERGE), plug.rules()
 
@@ -93,7 +93,7 @@ def test_live_change_moves_routes_and_drops_old_rules(
         "user.ipv6.host_tables=150",
     )
     assert_converged(plug, {a4: {"150"}, a6: {"150"}})
-    rules = {("4", "150", 31), ("6", "150", 127)}
+    rules = plug.RP_RULES
     assert plug.until(lambda: plug.rules() == rules, CONVERGE), plug.rules()
     new_if = plug.host_name("dlive1")
     assert {e["dev"] for e in plug.entries(a4)} == {new_if}
@@ -111,20 +111,20 @@ def test_live_change_moves_routes_and_drops_old_rules(
 
 
 @pytest.mark.parametrize(
-    ("name", "keys", "tables", "rules"),
+    ("name", "keys", "tables", "rp_rule"),
     [
         (
             "dlegacy",
             {"ipv4.host_table": "100", "ipv6.host_table": "100"},
             {"100"},
-            {("4", "100", 31), ("6", "100", 127)},
+            True,
         ),
-        ("ddefault", {}, {"main"}, set()),
+        ("ddefault", {}, {"main"}, False),
         (
             "dmain100",
             host_tables("254,100", "254,100"),
             {"main", "100"},
-            {("4", "100", 31), ("6", "100", 127)},
+            True,
         ),
     ],
 )
@@ -134,13 +134,16 @@ def test_table_keys(
     name: str,
     keys: dict[str, str],
     tables: set[str],
-    rules: set[tuple[str, str, int]],
+    rp_rule: bool,
 ) -> None:
     n = {"dlegacy": 111, "ddefault": 112, "dmain100": 113}[name]
     a4, a6 = f"198.51.100.{n}", f"2001:db8:{n}::1"
     plug.launch(name, devices={"eth0": routed(a4, a6) | keys})
     assert_converged(plug, {a4: tables, a6: tables})
+    # A table other than main: a reverse-path copy and rule per family.
+    rules = plug.RP_RULES if rp_rule else set()
     assert plug.until(lambda: plug.rules() == rules, CONVERGE), plug.rules()
+    assert len(plug.rp_entries(a4)) == len(plug.rp_entries(a6)) == int(rp_rule)
 
 
 def test_several_addresses_and_routes(plug: PluginLab, daemon: PluginDaemon) -> None:
@@ -159,7 +162,7 @@ def test_several_addresses_and_routes(plug: PluginLab, daemon: PluginDaemon) -> 
 
     def ok() -> bool:
         found = routes()
-        return {r["table"] for r in found} == {"100", "200"} and all(
+        return {r["table"] for r in found} == {"100", "200", plug.RP_TABLE} and all(
             r.get("gateway") == "198.51.100.121" for r in found
         )
 
@@ -231,7 +234,7 @@ def test_daemon_away_while_instances_change(
         plug,
         {"198.51.100.141": set(), "198.51.100.142": {"150"}, "198.51.100.143": {"200"}},
     )
-    want_rules = {("4", "150", 31), ("4", "200", 31)}
+    want_rules = {("4", plug.RP_TABLE, -1)}
     assert plug.until(lambda: plug.rules() == want_rules, CONVERGE), plug.rules()
 
 
@@ -243,21 +246,21 @@ def test_delete_and_rename_release_what_the_instance_held(
     a4 = "198.51.100.109"
     plug.launch("dsd1", devices={"eth0": routed(a4) | host_tables("170")})
     assert_converged(plug, {a4: {"170"}})
-    assert plug.until(lambda: ("4", "170", 31) in plug.rules(), CONVERGE), plug.rules()
+    assert plug.until(lambda: plug.rules() == {("4", plug.RP_TABLE, -1)}, CONVERGE), plug.rules()
 
     plug.lab.incus("delete", "--force", "dsd1")
-    assert plug.until(lambda: ("4", "170", 31) not in plug.rules(), CONVERGE), plug.rules()
+    assert plug.until(lambda: plug.rules() == set(), CONVERGE), plug.rules()
     assert plug.entries(a4) == []
 
     a4 = "198.51.100.110"
     plug.launch("dsr1", devices={"eth0": routed(a4) | host_tables("171")})
     assert_converged(plug, {a4: {"171"}})
     plug.lab.incus("stop", "--force", "dsr1")
-    assert plug.until(lambda: ("4", "171", 31) not in plug.rules(), CONVERGE), plug.rules()
+    assert plug.until(lambda: plug.rules() == set(), CONVERGE), plug.rules()
     plug.lab.incus("rename", "dsr1", "dsr2")
     plug.defer(lambda: plug.lab.incus("delete", "--force", "dsr2", check=False))
     plug.lab.incus("start", "dsr2")
     assert_converged(plug, {a4: {"171"}})
-    assert plug.until(lambda: ("4", "171", 31) in plug.rules(), CONVERGE), plug.rules()
+    assert plug.until(lambda: plug.rules() == {("4", plug.RP_TABLE, -1)}, CONVERGE), plug.rules()
     status = json.loads(plug.cli("status", "dsr2", "--format", "json").stdout)
     assert [(row["instance"], row["state"]) for row in status] == [("dsr2", "ok")]

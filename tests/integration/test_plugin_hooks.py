@@ -80,12 +80,9 @@ def test_routes_right_when_start_returns(
         entries = plug.entries(addr)
         assert {e["table"] for e in entries} == {"100", "200"}, entries
         assert all(str(e.get("protocol")) == "158" for e in entries), entries
-    assert plug.rules() == {
-        ("4", "100", 31),
-        ("4", "200", 31),
-        ("6", "100", 127),
-        ("6", "200", 127),
-    }
+    assert plug.rules() == plug.RP_RULES
+    for addr in (a4, a6):
+        assert [e["dev"] for e in plug.rp_entries(addr)] == [plug.host_name(name)]
     client = plug.client(
         f"hc{n}",
         table=200,

@@ -21,12 +21,12 @@ CONFIG = {
     "user.ipv6.host_tables": "100,200",
 }
 PLAN = [
-    "+ rule -4 pref 1100 iif lo lookup 100 suppress_prefixlength 31",
-    "+ rule -4 pref 1100 iif lo lookup 200 suppress_prefixlength 31",
-    "+ rule -6 pref 1100 iif lo lookup 100 suppress_prefixlength 127",
-    "+ rule -6 pref 1100 iif lo lookup 200 suppress_prefixlength 127",
+    "+ rule -4 pref 1100 iif lo lookup 1158",
+    "+ rule -6 pref 1100 iif lo lookup 1158",
     f"+ route {V4}/32 dev vh0 table 200",
+    f"+ route {V4}/32 dev vh0 table 1158",
     f"+ route {V6}/128 dev vh0 table 200",
+    f"+ route {V6}/128 dev vh0 table 1158",
     f"~ route {V4}/32 dev vh0 table 100 (adopt: protocol 3 -> incus-host-tables)",
     f"~ route {V6}/128 dev vh0 table 100 (adopt: protocol 3 -> incus-host-tables)",
     f"- route {V4}/32 dev vh0 table 254",
@@ -128,10 +128,9 @@ def test_cleanup_removes_routes_and_rules_of_the_device(host: NetNS) -> None:
 
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.splitlines()) == sorted(
-        [f"- route {V4}/32 dev vh0 table {t}" for t in (100, 200)]
-        + [f"- route {V6}/128 dev vh0 table {t}" for t in (100, 200)]
-        + [f"- rule -4 pref 1100 iif lo lookup {t} suppress_prefixlength 31" for t in (100, 200)]
-        + [f"- rule -6 pref 1100 iif lo lookup {t} suppress_prefixlength 127" for t in (100, 200)]
+        [f"- route {V4}/32 dev vh0 table {t}" for t in (100, 200, 1158)]
+        + [f"- route {V6}/128 dev vh0 table {t}" for t in (100, 200, 1158)]
+        + ["- rule -4 pref 1100 iif lo lookup 1158", "- rule -6 pref 1100 iif lo lookup 1158"]
     )
     assert host.state() == baseline
 
@@ -141,8 +140,9 @@ def test_deprecated_key_beside_the_new_one_warns_and_is_ignored(started: NetNS) 
     proc = run_cli(started, "apply", "vh0", config)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("warning: ipv4.host_table='200' is deprecated and ignored")
-    assert [line for line in started.route_lines() if V4 in line] == [
-        f"{V4} dev vh0 table 100 proto 158 scope link"
+    assert sorted(line for line in started.route_lines() if V4 in line) == [
+        f"{V4} dev vh0 table 100 proto 158 scope link",
+        f"{V4} dev vh0 table 1158 proto 158 scope link",
     ]
 
 
@@ -150,11 +150,25 @@ def test_rule_priority_option(started: NetNS) -> None:
     proc = run_cli(started, "apply", "vh0", CONFIG, "--rule-priority", "900")
     assert proc.returncode == 0, proc.stderr
     assert [line for line in started.rule_lines() if "proto 158" in line] == [
-        f"900:\tfrom all iif lo lookup {t} suppress_prefixlength 31 proto 158" for t in (100, 200)
+        "900:\tfrom all iif lo lookup 1158 proto 158"
     ]
     bad = run_cli(started, "apply", "vh0", CONFIG, "--rule-priority", "32766")
     assert bad.returncode == 2
     assert "rule priority '32766' is out of range 1-32765" in bad.stderr
+
+
+def test_rp_table_option(started: NetNS) -> None:
+    proc = run_cli(started, "apply", "vh0", CONFIG, "--rp-table", "3000")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in started.rule_lines() if "proto 158" in line] == [
+        "1100:\tfrom all iif lo lookup 3000 proto 158"
+    ]
+    assert f"{V4} dev vh0 table 3000 proto 158 scope link" in started.route_lines()
+    before = started.state()
+    bad = run_cli(started, "apply", "vh0", CONFIG, "--rp-table", "254")
+    assert bad.returncode == 2
+    assert "reverse-path table '254' is one of the kernel's own tables" in bad.stderr
+    assert started.state() == before
 
 
 def test_without_cap_net_admin_apply_is_an_environment_error(started: NetNS) -> None:

@@ -31,12 +31,27 @@ MAIN_RULES_V4 = [
 MAIN_RULES_V6 = ["0:\tfrom all lookup local", "32766:\tfrom all lookup main"]
 
 
-def host_rule(table: int, v6: bool = False, pref: int = 1100) -> str:
-    suppress = 127 if v6 else 31
-    return f"{pref}:\tfrom all iif lo lookup {table} suppress_prefixlength {suppress} proto 158"
+def rp_rule(pref: int = 1100) -> str:
+    """The reverse-path rule of a family (the same text for both)."""
+    return f"{pref}:\tfrom all iif lo lookup 1158 proto 158"
+
+
+def assert_only_in(host: NetNS, table: int) -> None:
+    """V4 and V6 are in ``table`` and the reverse-path table only, with the
+    reverse-path rule of each family and no other plugin rule."""
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        f"{V4} dev vh0 table {t} proto 158 scope link" for t in (table, 1158)
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        f"{V6} dev vh0 table {t} proto 158 metric 1024 pref medium" for t in (table, 1158)
+    )
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
+    assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
 
 
 def mentions(lines: list[str], *needles: str) -> list[str]:
+    """The lines with any of ``needles`` (route lines are compared sorted:
+    `table all` lists IPv4 tables in the kernel's hash order)."""
     return [line for line in lines if any(n in line for n in needles)]
 
 
@@ -61,28 +76,26 @@ def test_incus_start_state_moves_to_chosen_tables(
     # The protocol marks them as the plugin's, in every table (iproute2
     # leaves out the protocol it filters on), and no Incus-made (proto boot)
     # copy of them is left anywhere.
-    assert host.route_lines("proto", "158") == [
-        f"{V4} dev vh0 table 100 scope link",
-        f"{V4} dev vh0 table 200 scope link",
-    ]
-    assert host.route_lines("proto", "158", v6=True) == [
-        f"{V6} dev vh0 table 100 metric 1024 pref medium",
-        f"{V6} dev vh0 table 200 metric 1024 pref medium",
-    ]
+    # One copy in the reverse-path table, whatever the number of tables.
+    assert sorted(host.route_lines("proto", "158")) == sorted(
+        [
+            f"{V4} dev vh0 table 100 scope link",
+            f"{V4} dev vh0 table 200 scope link",
+            f"{V4} dev vh0 table 1158 scope link",
+        ]
+    )
+    assert sorted(host.route_lines("proto", "158", v6=True)) == sorted(
+        [
+            f"{V6} dev vh0 table 100 metric 1024 pref medium",
+            f"{V6} dev vh0 table 200 metric 1024 pref medium",
+            f"{V6} dev vh0 table 1158 metric 1024 pref medium",
+        ]
+    )
     assert host.route_lines("proto", "boot", "dev", "vh0") == []
     assert host.route_lines("proto", "boot", "dev", "vh0", v6=True) == []
-    assert host.rule_lines() == [
-        MAIN_RULES_V4[0],
-        host_rule(100),
-        host_rule(200),
-        *MAIN_RULES_V4[1:],
-    ]
-    assert host.rule_lines(v6=True) == [
-        MAIN_RULES_V6[0],
-        host_rule(100, v6=True),
-        host_rule(200, v6=True),
-        *MAIN_RULES_V6[1:],
-    ]
+    # One rule per family, whatever the number of tables.
+    assert host.rule_lines() == [MAIN_RULES_V4[0], rp_rule(), *MAIN_RULES_V4[1:]]
+    assert host.rule_lines(v6=True) == [MAIN_RULES_V6[0], rp_rule(), *MAIN_RULES_V6[1:]]
 
 
 def test_second_apply_plans_nothing_and_changes_nothing(
@@ -91,8 +104,8 @@ def test_second_apply_plans_nothing_and_changes_nothing(
     incus_routes(host, "vh0", [V4], [V6], table=100)
     engine = make_engine(host)
     first = engine.converge("vh0", intent(BOTH_100_200))
-    # 4 rules (2 tables x 2 families); per family: add to 200, adopt in 100,
-    # delete from main.
+    # Per family: the rule, add to 200 and to the reverse-path table, adopt
+    # in 100, delete from main.
     assert first.plan.count() == 10
     after_first = host.state()
 
@@ -115,12 +128,7 @@ def test_legacy_host_table_key_means_that_table_only(
     }
     make_engine(host).converge("vh0", intent(config))
 
-    assert mentions(host.route_lines(), V4) == [f"{V4} dev vh0 table 100 proto 158 scope link"]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 table 100 proto 158 metric 1024 pref medium"
-    ]
-    assert mentions(host.rule_lines(), "lookup 1") == [host_rule(100)]
-    assert mentions(host.rule_lines(v6=True), "lookup 1") == [host_rule(100, v6=True)]
+    assert_only_in(host, 100)
 
 
 def test_no_table_keys_keeps_main_only_without_rules(
@@ -131,21 +139,25 @@ def test_no_table_keys_keeps_main_only_without_rules(
     plain = {"ipv4.address": V4, "ipv6.address": V6}
 
     engine.converge("vh0", intent(plain))
-    assert mentions(host.route_lines(), V4) == [f"{V4} dev vh0 proto 158 scope link"]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 proto 158 metric 1024 pref medium"
-    ]
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [f"{V4} dev vh0 proto 158 scope link"]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
+    )
     assert host.rule_lines() == MAIN_RULES_V4
     assert host.rule_lines(v6=True) == MAIN_RULES_V6
 
     # Tables chosen, then the keys removed again: back to main, rules gone.
     engine.converge("vh0", intent(BOTH_100_200))
-    assert mentions(host.route_lines("table", "main"), V4) == []
+    assert sorted(mentions(host.route_lines("table", "main"), V4)) == sorted([])
     engine.converge("vh0", intent(plain))
-    assert mentions(host.route_lines(), V4) == [f"{V4} dev vh0 proto 158 scope link"]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 proto 158 metric 1024 pref medium"
-    ]
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [f"{V4} dev vh0 proto 158 scope link"]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
+    )
     assert host.rule_lines() == MAIN_RULES_V4
     assert host.rule_lines(v6=True) == MAIN_RULES_V6
 
@@ -162,17 +174,23 @@ def test_main_listed_explicitly_keeps_main_and_table(
     }
     make_engine(host).converge("vh0", intent(config))
 
-    assert mentions(host.route_lines(), V4) == [
-        f"{V4} dev vh0 table 100 proto 158 scope link",
-        f"{V4} dev vh0 proto 158 scope link",
-    ]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 table 100 proto 158 metric 1024 pref medium",
-        f"{V6} dev vh0 proto 158 metric 1024 pref medium",
-    ]
-    # main needs no rule; table 100 does.
-    assert mentions(host.rule_lines(), "proto 158") == [host_rule(100)]
-    assert mentions(host.rule_lines(v6=True), "proto 158") == [host_rule(100, v6=True)]
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [
+            f"{V4} dev vh0 table 100 proto 158 scope link",
+            f"{V4} dev vh0 proto 158 scope link",
+            f"{V4} dev vh0 table 1158 proto 158 scope link",
+        ]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        [
+            f"{V6} dev vh0 table 100 proto 158 metric 1024 pref medium",
+            f"{V6} dev vh0 proto 158 metric 1024 pref medium",
+            f"{V6} dev vh0 table 1158 proto 158 metric 1024 pref medium",
+        ]
+    )
+    # Table 100 is not main: the reverse-path copy and rule are there.
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
+    assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
 
 
 def test_extra_routes_go_via_the_instance_in_every_table(
@@ -189,33 +207,26 @@ def test_extra_routes_go_via_the_instance_in_every_table(
     }
     make_engine(host).converge("vh0", intent(config))
 
-    assert mentions(host.route_lines(), "203.0.113.0") == [
-        f"203.0.113.0/24 via {V4} dev vh0 table 100 proto 158",
-        f"203.0.113.0/24 via {V4} dev vh0 table 200 proto 158",
-    ]
-    assert mentions(host.route_lines(v6=True), "2001:db8:99::") == [
-        f"2001:db8:99::/48 via {V6} dev vh0 table 100 proto 158 metric 1024 pref medium",
-        f"2001:db8:99::/48 via {V6} dev vh0 table 200 proto 158 metric 1024 pref medium",
-    ]
-    assert host.rule_lines() == [
-        MAIN_RULES_V4[0],
-        host_rule(100),
-        "1100:\tfrom all to 203.0.113.0/24 iif lo lookup 100 proto 158",
-        host_rule(200),
-        "1100:\tfrom all to 203.0.113.0/24 iif lo lookup 200 proto 158",
-        *MAIN_RULES_V4[1:],
-    ]
-    assert host.rule_lines(v6=True) == [
-        MAIN_RULES_V6[0],
-        host_rule(100, v6=True),
-        "1100:\tfrom all to 2001:db8:99::/48 iif lo lookup 100 proto 158",
-        host_rule(200, v6=True),
-        "1100:\tfrom all to 2001:db8:99::/48 iif lo lookup 200 proto 158",
-        *MAIN_RULES_V6[1:],
-    ]
+    assert sorted(mentions(host.route_lines(), "203.0.113.0")) == sorted(
+        [
+            f"203.0.113.0/24 via {V4} dev vh0 table 100 proto 158",
+            f"203.0.113.0/24 via {V4} dev vh0 table 200 proto 158",
+            f"203.0.113.0/24 via {V4} dev vh0 table 1158 proto 158",
+        ]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), "2001:db8:99::")) == sorted(
+        [
+            f"2001:db8:99::/48 via {V6} dev vh0 table 100 proto 158 metric 1024 pref medium",
+            f"2001:db8:99::/48 via {V6} dev vh0 table 200 proto 158 metric 1024 pref medium",
+            f"2001:db8:99::/48 via {V6} dev vh0 table 1158 proto 158 metric 1024 pref medium",
+        ]
+    )
+    # No rule per prefix: the extra routes' copies share the family's rule.
+    assert host.rule_lines() == [MAIN_RULES_V4[0], rp_rule(), *MAIN_RULES_V4[1:]]
+    assert host.rule_lines(v6=True) == [MAIN_RULES_V6[0], rp_rule(), *MAIN_RULES_V6[1:]]
     # The host's own lookups (input interface lo) find it through the rule.
     assert host.ip("route", "get", "203.0.113.7").startswith(
-        f"203.0.113.7 via {V4} dev vh0 table 100"
+        f"203.0.113.7 via {V4} dev vh0 table 1158"
     )
 
 
@@ -233,12 +244,12 @@ def test_several_addresses(host: NetNS, make_engine: Callable[..., Engine]) -> N
 
     # (iproute2 leaves out the device it filters on)
     assert sorted(host.route_lines("dev", "vh0")) == sorted(
-        f"{a} table {t} proto 158 scope link" for a in v4 for t in (100, 200)
+        f"{a} table {t} proto 158 scope link" for a in v4 for t in (100, 200, 1158)
     )
     assert sorted(mentions(host.route_lines("dev", "vh0", v6=True), "2001:db8:")) == sorted(
-        f"{a} table {t} proto 158 metric 1024 pref medium" for a in v6 for t in (100, 200)
+        f"{a} table {t} proto 158 metric 1024 pref medium" for a in v6 for t in (100, 200, 1158)
     )
-    assert mentions(host.rule_lines(), "proto 158") == [host_rule(100), host_rule(200)]
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
 
 
 def test_changing_tables_removes_old_copies_and_rules(
@@ -248,7 +259,7 @@ def test_changing_tables_removes_old_copies_and_rules(
     engine = make_engine(host)
     config = {**BOTH_100_200, "ipv4.routes": "203.0.113.0/24"}
     engine.converge("vh0", intent(config))
-    assert len(mentions(host.rule_lines(), "proto 158")) == 4
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
 
     moved = {
         **config,
@@ -257,18 +268,30 @@ def test_changing_tables_removes_old_copies_and_rules(
     }
     engine.converge("vh0", intent(moved))
 
-    assert mentions(host.route_lines(), V4) == [
-        f"{V4} dev vh0 table 250 proto 158 scope link",
-        f"203.0.113.0/24 via {V4} dev vh0 table 250 proto 158",
-    ]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 table 250 proto 158 metric 1024 pref medium"
-    ]
-    assert mentions(host.rule_lines(), "proto 158") == [
-        host_rule(250),
-        "1100:\tfrom all to 203.0.113.0/24 iif lo lookup 250 proto 158",
-    ]
-    assert mentions(host.rule_lines(v6=True), "proto 158") == [host_rule(250, v6=True)]
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [
+            f"{V4} dev vh0 table 250 proto 158 scope link",
+            f"203.0.113.0/24 via {V4} dev vh0 table 250 proto 158",
+            f"{V4} dev vh0 table 1158 proto 158 scope link",
+            f"203.0.113.0/24 via {V4} dev vh0 table 1158 proto 158",
+        ]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        [
+            f"{V6} dev vh0 table 250 proto 158 metric 1024 pref medium",
+            f"{V6} dev vh0 table 1158 proto 158 metric 1024 pref medium",
+        ]
+    )
+    assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
+    assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
+
+    # Back to main only: no reverse-path copy, no rule.
+    engine.converge("vh0", intent({"ipv4.address": V4, "ipv6.address": V6}))
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [f"{V4} dev vh0 proto 158 scope link"]
+    )
+    assert mentions(host.rule_lines(), "proto 158") == []
+    assert mentions(host.rule_lines(v6=True), "proto 158") == []
 
 
 def test_other_interfaces_and_kernel_routes_are_left_alone(
@@ -332,10 +355,5 @@ def test_tables_above_255_reach_the_kernel(host: NetNS, make_engine: Callable[..
 
     engine.converge("vh0", moved)
 
-    assert mentions(host.route_lines(), V4) == [f"{V4} dev vh0 table 300 proto 158 scope link"]
-    assert mentions(host.route_lines(v6=True), V6) == [
-        f"{V6} dev vh0 table 300 proto 158 metric 1024 pref medium"
-    ]
-    assert mentions(host.rule_lines(), "proto 158") == [host_rule(300)]
-    assert mentions(host.rule_lines(v6=True), "proto 158") == [host_rule(300, v6=True)]
+    assert_only_in(host, 300)
     assert not engine.plan_device("vh0", moved).plan

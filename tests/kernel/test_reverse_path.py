@@ -1,6 +1,7 @@
 """The plugin's rule, checked with real packets: Incus's strict reverse-path
 filter drops an instance's replies when its host route is only in an
-isolated table, unless the rule lets the filter's lookup see that table.
+isolated table, unless the plugin's reverse-path table and rule let the
+filter's lookup (input interface lo) find it.
 
     A (198.18.1.2) --ha0--+                       +--vh0== eth0 C (198.51.100.10)
                           |   H (forwarding,       |
@@ -121,10 +122,9 @@ def test_the_rule_lets_replies_pass_the_strict_reverse_path_filter(
         },
     )
     assert proc.returncode == 0, proc.stderr
-    assert "+ rule -4 pref 1100 iif lo lookup 100 suppress_prefixlength 31" in proc.stdout
-    assert "1100:\tfrom all iif lo lookup 100 suppress_prefixlength 31 proto 158" in (
-        h.rule_lines()
-    )
+    assert "+ rule -4 pref 1100 iif lo lookup 1158" in proc.stdout
+    assert "1100:\tfrom all iif lo lookup 1158 proto 158" in h.rule_lines()
+    assert "1100:\tfrom all iif lo lookup 1158 proto 158" in h.rule_lines(v6=True)
 
     assert a.ping(C4)
     assert a.ping(C6)

@@ -79,7 +79,7 @@ def test_valid_config_reaches_the_engine(
 ) -> None:
     """Shows the patch is effective, so `assert_not_called` above means something."""
     assert main(["--rule-priority", "1", *DEVICE, "ipv4.address=203.0.113.1", "mtu=9000"]) == 0
-    engine.assert_called_once_with(rule_priority=1)
+    engine.assert_called_once_with(rule_priority=1, rp_table=1158)
     ifname, intent = engine.return_value.converge.call_args.args
     assert ifname == "veth0"
     assert intent.ipv4.tables == (254,)
@@ -155,13 +155,13 @@ def test_rule_priority_out_of_range(
 @pytest.mark.parametrize("value", ["1", "32765"])
 def test_rule_priority_bounds(engine: MagicMock, value: str) -> None:
     assert main(["--rule-priority", value, *DEVICE]) == 0
-    engine.assert_called_once_with(rule_priority=int(value))
+    engine.assert_called_once_with(rule_priority=int(value), rp_table=1158)
 
 
 def test_rule_priority_from_environment(engine: MagicMock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INCUS_HOST_TABLES_RULE_PRIORITY", "2000")
     assert main(DEVICE) == 0
-    engine.assert_called_once_with(rule_priority=2000)
+    engine.assert_called_once_with(rule_priority=2000, rp_table=1158)
 
 
 @pytest.mark.parametrize("value", ["0", "abc"])
@@ -176,6 +176,43 @@ def test_invalid_rule_priority_in_environment_is_a_usage_error(
         main(DEVICE)
     assert info.value.code == 2
     assert value in capsys.readouterr().err
+    engine.assert_not_called()
+
+
+@pytest.mark.parametrize("value", ["1", "252", "256", "1158", "4294967295"])
+def test_rp_table_bounds(engine: MagicMock, value: str) -> None:
+    assert main(["--rp-table", value, *DEVICE]) == 0
+    engine.assert_called_once_with(rule_priority=1100, rp_table=int(value))
+
+
+def test_rp_table_from_environment(engine: MagicMock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INCUS_HOST_TABLES_RP_TABLE", "2000")
+    assert main(DEVICE) == 0
+    engine.assert_called_once_with(rule_priority=1100, rp_table=2000)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0", "out of range"),
+        ("253", "kernel's own tables"),
+        ("254", "kernel's own tables"),
+        ("255", "kernel's own tables"),
+        ("4294967296", "out of range"),
+        ("+1158", "not a decimal number"),
+        ("\uff11\uff11\uff15\uff18", "not a decimal number"),
+        ("01158", "leading zero"),
+        ("main", "not a decimal number"),
+    ],
+)
+def test_bad_rp_table_is_a_usage_error(
+    engine: MagicMock, capsys: pytest.CaptureFixture[str], value: str, reason: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--rp-table", value, *DEVICE])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"reverse-path table {value!r}" in err and reason in err
     engine.assert_not_called()
 
 

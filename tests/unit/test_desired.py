@@ -12,12 +12,14 @@ from incus_host_tables.desired import (
     desired_routes,
     instance_prefixes,
     prunable_table,
+    rules_for_intent,
     rules_for_routes,
 )
 from incus_host_tables.model import Route, Rule
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 MAIN = 254
+RP = 1158  # the reverse-path table
 
 
 def ip(text: str) -> bytes:
@@ -65,7 +67,9 @@ def extra(table: int, net: str, via: str) -> Route:
             intent(v4=((MAIN,), ["203.0.113.1"], [])), [host4(MAIN, "203.0.113.1")], id="v4-main"
         ),
         pytest.param(
-            intent(v6=((100,), ["2001:db8::1"], [])), [host6(100, "2001:db8::1")], id="v6-table"
+            intent(v6=((100,), ["2001:db8::1"], [])),
+            [host6(100, "2001:db8::1"), host6(RP, "2001:db8::1")],
+            id="v6-table-and-rp-copy",
         ),
         pytest.param(
             intent(v4=((100, 200), ["203.0.113.1", "203.0.113.2"], [])),
@@ -74,8 +78,10 @@ def extra(table: int, net: str, via: str) -> Route:
                 host4(100, "203.0.113.2"),
                 host4(200, "203.0.113.1"),
                 host4(200, "203.0.113.2"),
+                host4(RP, "203.0.113.1"),
+                host4(RP, "203.0.113.2"),
             ],
-            id="every-address-every-table",
+            id="every-address-every-table-one-rp-copy",
         ),
         pytest.param(
             intent(v4=((100, MAIN), ["203.0.113.1", "203.0.113.2"], ["198.51.100.0/24"])),
@@ -84,8 +90,11 @@ def extra(table: int, net: str, via: str) -> Route:
                 host4(100, "203.0.113.2"),
                 host4(MAIN, "203.0.113.1"),
                 host4(MAIN, "203.0.113.2"),
+                host4(RP, "203.0.113.1"),
+                host4(RP, "203.0.113.2"),
                 extra(100, "198.51.100.0/24", "203.0.113.1"),
                 extra(MAIN, "198.51.100.0/24", "203.0.113.1"),
+                extra(RP, "198.51.100.0/24", "203.0.113.1"),
             ],
             id="extra-routes-via-first-address",
         ),
@@ -96,13 +105,18 @@ def extra(table: int, net: str, via: str) -> Route:
             ),
             [
                 host4(100, "203.0.113.1"),
+                host4(RP, "203.0.113.1"),
                 extra(100, "198.51.100.7/32", "203.0.113.1"),
+                extra(RP, "198.51.100.7/32", "203.0.113.1"),
                 host6(200, "2001:db8::2"),
                 host6(200, "2001:db8::1"),
                 host6(100, "2001:db8::2"),
                 host6(100, "2001:db8::1"),
+                host6(RP, "2001:db8::2"),
+                host6(RP, "2001:db8::1"),
                 extra(200, "2001:db8:1::/48", "2001:db8::2"),
                 extra(100, "2001:db8:1::/48", "2001:db8::2"),
+                extra(RP, "2001:db8:1::/48", "2001:db8::2"),
             ],
             id="both-families",
         ),
@@ -114,7 +128,7 @@ def extra(table: int, net: str, via: str) -> Route:
     ],
 )
 def test_desired_routes(device: DeviceIntent, expected: list[Route]) -> None:
-    routes = desired_routes(device)
+    routes = desired_routes(device, RP)
     assert sorted(routes) == sorted(expected)
     assert len(routes) == len(set(routes))
     # host routes first within a family: the extra routes' gateway resolves through them
@@ -170,6 +184,10 @@ def test_prunable_table(vrf: str | None, table: int, expected: bool) -> None:
 P = 1100
 
 
+def rp_rule(family: int, priority: int = P, table: int = RP) -> Rule:
+    return Rule(family, table, priority, None, 0, None)
+
+
 @pytest.mark.parametrize(
     ("routes", "priority", "expected"),
     [
@@ -181,55 +199,59 @@ P = 1100
             id="main-needs-none",
         ),
         pytest.param(
-            [host4(100, "203.0.113.1"), host4(100, "203.0.113.2")],
+            [host4(100, "203.0.113.1"), host6(200, "2001:db8::1")],
             P,
-            {Rule(V4, 100, P, None, 0, 31)},
-            id="one-rule-per-table-v4",
+            set(),
+            id="chosen-tables-alone-need-none",
         ),
         pytest.param(
-            [host6(100, "2001:db8::1"), host6(200, "2001:db8::1")],
+            [host4(100, "203.0.113.1"), host4(RP, "203.0.113.1"), host4(RP, "203.0.113.2")],
             P,
-            {Rule(V6, 100, P, None, 0, 127), Rule(V6, 200, P, None, 0, 127)},
-            id="per-table-v6",
+            {rp_rule(V4)},
+            id="one-rule-for-the-family",
         ),
         pytest.param(
-            [host4(100, "203.0.113.1"), extra(100, "198.51.100.0/24", "203.0.113.1")],
+            [host6(RP, "2001:db8::1"), extra(RP, "2001:db8:1::/48", "2001:db8::1")],
             P,
-            {
-                Rule(V4, 100, P, None, 0, 31),
-                Rule(V4, 100, P, ip("198.51.100.0"), 24, None),
-            },
-            id="extra-route-own-rule",
+            {rp_rule(V6)},
+            id="extra-routes-need-no-rule-of-their-own",
         ),
         pytest.param(
-            [extra(100, "2001:db8:1::/48", "2001:db8::1")],
+            [host4(RP, "203.0.113.1"), host6(RP, "2001:db8::1")],
             P,
-            {Rule(V6, 100, P, ip("2001:db8:1::"), 48, None)},
-            id="extra-route-v6",
+            {rp_rule(V4), rp_rule(V6)},
+            id="both-families",
         ),
-        pytest.param(
-            [host4(100, "203.0.113.1"), extra(100, "198.51.100.7/32", "203.0.113.1")],
-            P,
-            {Rule(V4, 100, P, None, 0, 31)},
-            id="host-length-extra-route-covered-by-table-rule",
-        ),
-        pytest.param(
-            [host4(100, "203.0.113.1")], 77, {Rule(V4, 100, 77, None, 0, 31)}, id="priority"
-        ),
+        pytest.param([host4(RP, "203.0.113.1")], 77, {rp_rule(V4, 77)}, id="priority"),
     ],
 )
 def test_rules_for_routes(routes: list[Route], priority: int, expected: set[Rule]) -> None:
-    assert rules_for_routes(routes, priority) == expected
-    assert rules_for_routes(iter(routes), priority) == expected
+    assert rules_for_routes(routes, priority, RP) == expected
+    assert rules_for_routes(iter(routes), priority, RP) == expected
 
 
-def test_rules_for_desired_routes() -> None:
-    device = intent(
-        v4=((100, MAIN), ["203.0.113.1"], ["198.51.100.0/24"]),
-        v6=((200,), ["2001:db8::1"], []),
-    )
-    assert rules_for_routes(desired_routes(device), P) == {
-        Rule(V4, 100, P, None, 0, 31),
-        Rule(V4, 100, P, ip("198.51.100.0"), 24, None),
-        Rule(V6, 200, P, None, 0, 127),
-    }
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param(intent(), id="empty"),
+        pytest.param(
+            intent(
+                v4=((100, MAIN), ["203.0.113.1"], ["198.51.100.0/24"]),
+                v6=((200,), ["2001:db8::1"], []),
+            ),
+            id="both-families",
+        ),
+        pytest.param(intent(v4=((MAIN,), ["203.0.113.1"], [])), id="main-only"),
+        pytest.param(intent(v4=((100,), [], [])), id="no-address"),
+        pytest.param(intent(v4=((100,), ["203.0.113.1"], []), vrf="vrf-blue"), id="vrf"),
+    ],
+)
+def test_rules_for_intent_equals_the_rules_of_its_routes(device: DeviceIntent) -> None:
+    expected = rules_for_routes(desired_routes(device, RP), P, RP)
+    assert rules_for_intent(device, P, RP) == expected
+
+
+def test_another_rp_table() -> None:
+    device = intent(v4=((100,), ["203.0.113.1"], []))
+    assert desired_routes(device, 3000) == [host4(100, "203.0.113.1"), host4(3000, "203.0.113.1")]
+    assert rules_for_intent(device, P, 3000) == {rp_rule(V4, table=3000)}

@@ -1,4 +1,5 @@
-"""Desired vs. present -> add, adopt, delete; and the rules diff."""
+"""Desired vs. present -> add, adopt, delete, conflicts (with the ownership
+policy of ownership.py); and the rules diff."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from incus_host_tables.diff import Plan, diff_routes, diff_rules, rule_sort_key
+from incus_host_tables.diff import Plan, RouteDiff, diff_routes, diff_rules, rule_sort_key
 from incus_host_tables.model import KernelRoute, KernelRule, Route, Rule
+from incus_host_tables.ownership import OwnershipPolicy
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 MAIN, LOCAL = 254, 255
@@ -41,8 +43,15 @@ def extra(table: int, net: str, via: str) -> Route:
     )
 
 
-def kr(route: Route, protocol: int) -> KernelRoute:
-    return KernelRoute(route, OIF, protocol, 0, 1, repr((route, protocol)).encode())
+LINK, UNIVERSE = 253, 0  # scopes
+
+
+def kr(route: Route, protocol: int, scope: int | None = None) -> KernelRoute:
+    """A route on the instance's interface; by default of the scope Incus
+    gives it (link for an IPv4 route without gateway)."""
+    if scope is None:
+        scope = LINK if route.family == V4 and route.gateway is None else UNIVERSE
+    return KernelRoute(route, OIF, protocol, scope, 1, repr((route, protocol, scope)).encode())
 
 
 # The instance: 203.0.113.1 and 198.51.100.0/24 via it; 2001:db8::1.
@@ -62,23 +71,22 @@ def run(
     desired: Iterable[Route],
     present: Iterable[KernelRoute],
     prunable: Iterable[int] | None = None,
-) -> tuple[list[Route], list[KernelRoute], list[KernelRoute]]:
+    owned: set[tuple[int, bytes, int]] | None = OWNED,
+) -> RouteDiff:
     allowed = None if prunable is None else set(prunable)
     return diff_routes(
         desired,
         present,
-        protocol=OURS,
-        owned_prefixes=OWNED,
+        policy=OwnershipPolicy(OURS),
+        owned_prefixes=owned,
         prunable=lambda t: allowed is None or t in allowed,
     )
 
 
-def apply(
-    plan: tuple[list[Route], list[KernelRoute], list[KernelRoute]],
-    present: list[KernelRoute],
-) -> list[KernelRoute]:
+def apply(plan: RouteDiff, present: list[KernelRoute]) -> list[KernelRoute]:
     """What the kernel holds after the plan: deletes gone, adopted re-marked, adds ours."""
-    add, adopt, delete = plan
+    assert not plan.conflicts
+    add, adopt, delete, _ = plan
     after = [k for k in present if k not in delete and k not in adopt]
     return after + [kr(k.route, OURS) for k in adopt] + [kr(r, OURS) for r in add]
 
@@ -90,10 +98,14 @@ FOREIGN = kr(host(MAIN, "203.0.113.99"), BOOT)
 FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
 
 
+STATIC_HERE = kr(host(100, "203.0.113.1"), STATIC)
+BOOT_GLOBAL = kr(host(100, "203.0.113.1"), BOOT, UNIVERSE)  # not Incus's scope
+
+
 @pytest.mark.parametrize(
-    ("desired", "present", "prunable", "add", "adopt", "delete"),
+    ("desired", "present", "prunable", "add", "adopt", "delete", "conflicts"),
     [
-        pytest.param(desired_in(100), [], None, desired_in(100), [], [], id="add-missing"),
+        pytest.param(desired_in(100), [], None, desired_in(100), [], [], [], id="add-missing"),
         pytest.param(
             desired_in(100),
             [kr(r, OURS) for r in desired_in(100)],
@@ -101,25 +113,68 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
             [],
             [],
             [],
+            [],
             id="all-present",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(100, "203.0.113.1"), STATIC)],
+            [kr(host(100, "203.0.113.1"), BOOT), kr(host(100, "2001:db8::1"), BOOT)],
             None,
-            desired_in(100)[1:],
-            [kr(host(100, "203.0.113.1"), STATIC)],
+            desired_in(100)[2:],
+            [kr(host(100, "203.0.113.1"), BOOT), kr(host(100, "2001:db8::1"), BOOT)],
             [],
-            id="adopt-other-protocol",
+            [],
+            id="adopt-incus-routes",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            [STATIC_HERE],
             None,
             desired_in(100),
             [],
-            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            [],
+            [(host(100, "203.0.113.1"), STATIC_HERE)],
+            id="static-in-place-is-a-conflict-not-a-takeover",
+        ),
+        pytest.param(
+            desired_in(100),
+            [BOOT_GLOBAL],
+            None,
+            desired_in(100),
+            [],
+            [],
+            [(host(100, "203.0.113.1"), BOOT_GLOBAL)],
+            id="boot-of-another-scope-is-a-conflict",
+        ),
+        pytest.param(
+            desired_in(100),
+            [kr(host(100, "203.0.113.1")._replace(priority=50), STATIC)],
+            None,
+            desired_in(100),
+            [],
+            [],
+            [],
+            id="static-with-another-metric-coexists",
+        ),
+        pytest.param(
+            desired_in(100),
+            [kr(host(MAIN, "203.0.113.1"), BOOT), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            None,
+            desired_in(100),
+            [],
+            [kr(host(MAIN, "203.0.113.1"), BOOT), kr(host(MAIN, "2001:db8::1"), BOOT)],
+            [],
             id="delete-incus-copies-in-main",
+        ),
+        pytest.param(
+            desired_in(100),
+            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(MAIN, "2001:db8::1"), 12)],
+            None,
+            desired_in(100),
+            [],
+            [],
+            [],
+            id="static-and-bird-copies-in-main-are-never-deleted",
         ),
         pytest.param(
             desired_in(100),
@@ -128,16 +183,18 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
             [],
             [],
             [kr(r, OURS) for r in desired_in(200)],
+            [],
             id="delete-table-no-longer-chosen",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(300, "203.0.113.1"), STATIC)],
+            [kr(host(300, "203.0.113.1"), BOOT)],
             None,
             desired_in(100),
             [],
-            [kr(host(300, "203.0.113.1"), STATIC)],
-            id="delete-instance-copy-in-unchosen-table",
+            [kr(host(300, "203.0.113.1"), BOOT)],
+            [],
+            id="delete-incus-copy-in-unchosen-table",
         ),
         pytest.param(
             desired_in(100),
@@ -152,6 +209,7 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
                 kr(extra(100, "198.18.0.0/16", "203.0.113.1"), OURS),
                 kr(host(100, "203.0.113.50"), OURS),
             ],
+            [],
             id="delete-plugin-owned-leftovers",
         ),
         pytest.param(
@@ -161,25 +219,28 @@ FOREIGN_NET = kr(extra(100, "203.0.113.0/24", "203.0.113.1"), STATIC)
             desired_in(100),
             [],
             [],
+            [],
             id="leave-kernel-local-and-foreign-alone",
         ),
         pytest.param(
             [],
-            [kr(host(MAIN, "203.0.113.1"), STATIC), kr(host(100, "203.0.113.1"), STATIC)],
+            [kr(host(MAIN, "203.0.113.1"), BOOT), kr(host(100, "203.0.113.1"), BOOT)],
             [MAIN],
             [],
             [],
-            [kr(host(MAIN, "203.0.113.1"), STATIC)],
+            [kr(host(MAIN, "203.0.113.1"), BOOT)],
+            [],
             id="vrf-only-main-prunable",
         ),
         pytest.param(
             desired_in(100),
-            [kr(host(100, "203.0.113.1")._replace(priority=50), STATIC)],
+            [kr(host(100, "203.0.113.1")._replace(priority=50), BOOT)],
             None,
             desired_in(100),
             [],
-            [kr(host(100, "203.0.113.1")._replace(priority=50), STATIC)],
-            id="other-metric-replaced",
+            [kr(host(100, "203.0.113.1")._replace(priority=50), BOOT)],
+            [],
+            id="incus-route-of-another-metric-replaced",
         ),
     ],
 )
@@ -190,18 +251,32 @@ def test_diff_routes(
     add: list[Route],
     adopt: list[KernelRoute],
     delete: list[KernelRoute],
+    conflicts: list[tuple[Route, KernelRoute]],
 ) -> None:
-    got_add, got_adopt, got_delete = run(desired, present, prunable)
-    assert sorted(got_add) == sorted(add)
-    assert got_adopt == adopt
-    assert sorted(got_delete) == sorted(delete)
+    got = run(desired, present, prunable)
+    assert sorted(got.add) == sorted(add)
+    assert got.adopt == adopt
+    assert sorted(got.delete) == sorted(delete)
+    assert got.conflicts == conflicts
+
+
+def test_cleanup_without_known_prefixes_removes_only_ours_and_incus_shaped() -> None:
+    """An unreadable config: every Incus-shaped boot route on the interface
+    counts as the instance's (fail closed); static, kernel and other shapes
+    stay."""
+    ours = kr(host(100, "198.18.5.5"), OURS)
+    incus_main = kr(host(MAIN, "198.18.5.5"), BOOT)
+    static = kr(host(MAIN, "198.18.5.6"), STATIC)
+    got = run([], [ours, incus_main, static, LINK_LOCAL, LOCAL_COPY, BOOT_GLOBAL], owned=None)
+    assert sorted(got.delete) == sorted([ours, incus_main])
+    assert got.add == got.adopt == got.conflicts == []
 
 
 def messy_present() -> list[KernelRoute]:
     return [
-        kr(host(MAIN, "203.0.113.1"), STATIC),  # Incus's copy in main
-        kr(extra(MAIN, "198.51.100.0/24", "203.0.113.1"), STATIC),
-        kr(host(100, "203.0.113.1"), STATIC),  # right place, Incus's protocol
+        kr(host(MAIN, "203.0.113.1"), BOOT),  # Incus's copy in main
+        kr(extra(MAIN, "198.51.100.0/24", "203.0.113.1"), BOOT),
+        kr(host(100, "203.0.113.1"), BOOT),  # right place, Incus's protocol
         kr(host(200, "2001:db8::1"), OURS),  # table no longer chosen
         kr(extra(200, "198.51.100.0/24", "203.0.113.1"), OURS),
         kr(host(100, "203.0.113.77"), OURS),  # leftover of an old address
@@ -217,7 +292,7 @@ def test_diff_routes_is_idempotent(tables: tuple[int, ...]) -> None:
     present = messy_present()
     plan = run(desired_in(*tables), present)
     after = apply(plan, present)
-    assert run(desired_in(*tables), after) == ([], [], [])
+    assert run(desired_in(*tables), after) == ([], [], [], [])
     assert {k.route for k in after if k.protocol == OURS} == set(desired_in(*tables))
     # what was never ours nor the instance's survives
     for untouched in (LINK_LOCAL, LOCAL_COPY, FOREIGN, FOREIGN_NET):
@@ -226,7 +301,7 @@ def test_diff_routes_is_idempotent(tables: tuple[int, ...]) -> None:
 
 def test_deletes_extra_routes_before_host_routes() -> None:
     present = messy_present()
-    _, _, delete = run(desired_in(300), present)
+    delete = run(desired_in(300), present).delete
     kinds = [k.route.gateway is not None for k in delete]
     assert kinds.count(True) >= 2 and kinds.count(False) >= 2
     assert kinds == sorted(kinds, reverse=True)
@@ -234,14 +309,12 @@ def test_deletes_extra_routes_before_host_routes() -> None:
 
 def test_add_keeps_desired_order() -> None:
     desired = desired_in(100, 200)
-    add, _, _ = run(desired, [])
-    assert add == desired
+    assert run(desired, []).add == desired
 
 
 def test_duplicate_desired_added_once() -> None:
     route = host(100, "203.0.113.1")
-    add, _, _ = run([route, route], [])
-    assert add == [route]
+    assert run([route, route], []).add == [route]
 
 
 # -- rules ------------------------------------------------------------------

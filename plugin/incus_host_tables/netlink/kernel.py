@@ -27,6 +27,7 @@ import threading
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from enum import StrEnum
 from itertools import groupby
 from operator import itemgetter
 from typing import NamedTuple
@@ -90,10 +91,20 @@ class ApplyError(Exception):
         return not self.undo_failures
 
 
+class ChangeKind(StrEnum):
+    """How a change's item is done and undone (its text is what messages show)."""
+
+    ADD_ROUTE = "add-route"
+    ADOPT_ROUTE = "adopt-route"
+    DEL_ROUTE = "del-route"
+    ADD_RULE = "add-rule"
+    DEL_RULE = "del-rule"
+
+
 class Change(NamedTuple):
     """One step of a batch. ``kind`` names how ``item`` is done and undone."""
 
-    kind: str  # add-route | adopt-route | del-route | add-rule | del-rule
+    kind: ChangeKind
     item: Route | KernelRoute | Rule | KernelRule
     oif: int = 0
 
@@ -121,23 +132,23 @@ _DELETE = c.NLM_F_REQUEST
 def encode(change: Change, protocol: int, undo: bool = False) -> tuple[int, int, bytes]:
     """(message type, flags, body) that does -- or undoes -- ``change``."""
     kind, item, oif = change
-    if kind == "add-route":
+    if kind == ChangeKind.ADD_ROUTE:
         assert isinstance(item, Route)
         body = c.route_body(item, oif, protocol)
         return (c.RTM_DELROUTE, _DELETE, body) if undo else (c.RTM_NEWROUTE, _CREATE, body)
-    if kind == "del-route":
+    if kind == ChangeKind.DEL_ROUTE:
         assert isinstance(item, KernelRoute)
         body = _request_body(item.raw)
         return (c.RTM_NEWROUTE, _CREATE, body) if undo else (c.RTM_DELROUTE, _DELETE, body)
-    if kind == "adopt-route":
+    if kind == ChangeKind.ADOPT_ROUTE:
         assert isinstance(item, KernelRoute)
         body = _request_body(item.raw)
         return c.RTM_NEWROUTE, _REPLACE, body if undo else c.with_protocol(body, protocol)
-    if kind == "add-rule":
+    if kind == ChangeKind.ADD_RULE:
         assert isinstance(item, Rule)
         body = c.rule_body(item, protocol)
         return (c.RTM_DELRULE, _DELETE, body) if undo else (c.RTM_NEWRULE, _CREATE, body)
-    if kind == "del-rule":
+    if kind == ChangeKind.DEL_RULE:
         assert isinstance(item, KernelRule)
         return (c.RTM_NEWRULE, _CREATE, item.raw) if undo else (c.RTM_DELRULE, _DELETE, item.raw)
     raise ValueError(f"unknown change kind {kind!r}")
@@ -148,7 +159,7 @@ class ChangeRun(NamedTuple):
     of ``items``. A plan is a handful of runs of up to thousands of items;
     batches are encoded and sent run by run, without a Change per item."""
 
-    kind: str
+    kind: ChangeKind
     items: Sequence[Route | KernelRoute | Rule | KernelRule]
     oif: int = 0
 
@@ -186,10 +197,10 @@ def encode_runs(
     rules and adoptions, a handful, one by one."""
     batch = c.Batch(first_seq)
     for kind, items, oif in runs:
-        if kind == "add-route":
+        if kind == ChangeKind.ADD_ROUTE:
             mtype, flags = (c.RTM_DELROUTE, _DELETE) if undo else (c.RTM_NEWROUTE, _CREATE)
             batch.add_routes(items, oif, protocol, mtype, flags)  # type: ignore[arg-type]
-        elif kind == "del-route":
+        elif kind == ChangeKind.DEL_ROUTE:
             mtype, flags = (c.RTM_NEWROUTE, _CREATE) if undo else (c.RTM_DELROUTE, _DELETE)
             raws = map(_RAW, items)  # each sent back as a request: see _request_body
             batch.add_bodies(raws, mtype, flags, rtm_flags_mask=_RTNH_F_ONLINK)
@@ -205,9 +216,9 @@ def _breaks(runs: Sequence[ChangeRun]) -> set[int]:
     breaks: set[int] = set()
     start = 0
     for kind, items, _oif in runs:
-        if kind in ("del-route", "del-rule") and items and not breaks:
+        if kind in (ChangeKind.DEL_ROUTE, ChangeKind.DEL_RULE) and items and not breaks:
             breaks.add(start)
-        if kind == "del-rule":
+        if kind == ChangeKind.DEL_RULE:
             breaks.update(range(start, start + len(items) + 1))
         start += len(items)
     return breaks
