@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.netns import Namespaces
 
-from . import figures, lab_figures, report, rule_lookup
+from . import figures, lab_figures, repair, report, rule_lookup
 from .figures import Results
 
 HERE = Path(__file__).resolve().parent
@@ -42,14 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
     p.add_argument(
         "--only",
-        choices=("bulk", "exec", "read", "rules", "lab"),
+        choices=("bulk", "exec", "read", "rules", "repair", "lab"),
         action="append",
         help="run only these parts (rules: route lookups from lo under three rule layouts; "
-        "lab: start hook and event storm on a real Incus)",
+        "repair: drift-repair latency; lab: start hook and event storm on a real Incus)",
     )
     p.add_argument(
         "--lookups", type=int, default=20_000, help="route lookups per rule-layout figure"
     )
+    p.add_argument("--repair-samples", type=int, default=200, help="samples per repair scenario")
     p.add_argument("--starts", type=int, default=20, help="incus starts per variant (lab)")
     p.add_argument("--storm", default="50,100,200", help="event-storm sizes (lab)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ip") is None:
         print("python -m bench needs iproute2 (ip)", file=sys.stderr)
         return 2
-    parts = set(args.only or ("bulk", "exec", "read", "rules", "lab"))
+    parts = set(args.only or ("bulk", "exec", "read", "rules", "repair", "lab"))
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             res.facts["rule_lookup"] = rules
             for line in rule_lookup.lines(rules):
                 log(line)
+        repair_results: dict[str, Any] | None = None
+        if "repair" in parts:
+            repair_results = repair.run(nss, args.repair_samples, 20_000, run_dir, log)
     lab_results: dict[str, Any] | None = None
     if "lab" in parts:
         log("")
@@ -125,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     for v in verdicts:
         log(v.line())
+    repair_ok = True
+    if repair_results is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results_repair.json", "w", encoding="utf-8") as f:
+            json.dump(repair_results, f, indent=2)
+        for line in repair.verdict_lines(repair_results):
+            log(line)
+        repair_ok = repair.passed(repair_results)
     lab_ok = True
     if lab_results is not None:
         with open(out / "results_lab.json", "w", encoding="utf-8") as f:
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in lab_figures.verdict_lines(lab_results):
             log(line)
         lab_ok = lab_figures.passed(lab_results)
-    ok = all(v.ok or v.informational for v in verdicts) and lab_ok
+    ok = all(v.ok or v.informational for v in verdicts) and lab_ok and repair_ok
     return 0 if ok else 1
 
 

@@ -13,15 +13,28 @@ import sys
 import time
 from typing import IO
 
+from incus_host_tables import hostfiles
+
 from .incus import IncusLab
 from .processes import LabError, terminate
 
 PYTHON = sys.executable
 
 
+def lab_hook(lab: IncusLab) -> str:
+    """The hook executable for the lab's profiles: installed, as on a host,
+    into a root directory inside the lab's work directory."""
+    root = os.path.join(lab.workdir, "root")
+    path = os.path.join(root, hostfiles.HOOK)
+    if not os.path.exists(path):
+        hostfiles.install(root, f"{PYTHON} -m incus_host_tables", PYTHON)
+    return path
+
+
 def plugin_env(lab: IncusLab, run_dir: str) -> dict[str, str]:
     env = lab.env()
     env["INCUS_HOST_TABLES_RUN_DIR"] = run_dir
+    env["INCUS_HOST_TABLES_HOOK"] = lab_hook(lab)
     return env
 
 

@@ -7,13 +7,15 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
+from . import streams
 from .exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from .commands import KernelRules
+    from .config import TableSettings
     from .policy import Policy
 
 EXIT_OK = ExitCode.OK
@@ -24,29 +26,82 @@ EXIT_UNDO_FAILED = ExitCode.UNDO_FAILED
 EXIT_ENVIRONMENT = ExitCode.ENVIRONMENT
 
 
-def _rule_priority(text: str) -> int:
-    from .numbers import NumberError, parse_decimal
+RULE_PRIORITY_ENV = "INCUS_HOST_TABLES_RULE_PRIORITY"
+RP_TABLE_ENV = "INCUS_HOST_TABLES_RP_TABLE"
+
+
+class UsageError(Exception):
+    """A bad option value found after parsing (an environment variable)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other error; `--help` shows the usage.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_rule_priority(what: str, text: str) -> int:
+    from .numbers import parse_decimal
 
     # 32766 is the main table's own rule: ours must come before it.
-    try:
-        return parse_decimal("rule priority", text, 1, 32765)
-    except NumberError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return parse_decimal(what, text, 1, 32765)
 
 
-def _rp_table(text: str) -> int:
+def _resync_interval(text: str) -> int:
     from .numbers import NumberError, parse_decimal
 
     try:
-        table = parse_decimal("reverse-path table", text, 1, 4294967295)
+        return parse_decimal("resync interval", text, 1, 86400)
     except NumberError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    # default (253), main (254), local (255): the kernel's own tables.
-    if 253 <= table <= 255:
-        raise argparse.ArgumentTypeError(
-            f"reverse-path table {text!r} is one of the kernel's own tables (253-255)"
-        )
+
+
+def parse_rp_table(what: str, text: str) -> int:
+    from .config import MAX_TABLE
+    from .model import DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
+    from .numbers import NumberError, parse_decimal
+
+    table = parse_decimal(what, text, 1, MAX_TABLE)
+    if table in (DEFAULT_TABLE, MAIN_TABLE, LOCAL_TABLE):
+        raise NumberError(f"{what} {text!r} is one of the kernel's own tables (253-255)")
     return table
+
+
+def _option(parse: Callable[[str, str], int], what: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        from .numbers import NumberError
+
+        try:
+            return parse(what, text)
+        except NumberError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def _from_env(value: int | None, parse: Callable[[str, str], int], env: str, default: int) -> int:
+    """The option's value, else the environment variable's, else the default."""
+    from .numbers import NumberError
+
+    if value is not None:
+        return value
+    text = os.environ.get(env)
+    if text is None:
+        return default
+    try:
+        return parse(f"${env}", text)
+    except NumberError as err:
+        raise UsageError(str(err)) from None
+
+
+def _host_name(text: str) -> str:
+    from .config import is_interface_name
+
+    if not is_interface_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an interface name (1-15 bytes, no '/', ':' or whitespace)"
+        )
+    return text
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -66,25 +121,28 @@ def _policy_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY
+    from . import __version__
+    from .desired import DEFAULT_RULE_PRIORITY
+    from .formats import FORMAT_NAMES
+    from .model import DEFAULT_RP_TABLE
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incus-host-tables",
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
-    for flag, parse, default, what in (
-        ("--rule-priority", _rule_priority, DEFAULT_RULE_PRIORITY,
-         "preference of the plugin's policy rules"),
-        ("--rp-table", _rp_table, DEFAULT_RP_TABLE, "the plugin's reverse-path routing table"),
-    ):  # fmt: skip
-        env = "INCUS_HOST_TABLES_" + flag[2:].upper().replace("-", "_")
-        parser.add_argument(
-            flag,
-            type=parse,
-            # A string default goes through type= too: a bad value is a usage error.
-            default=os.environ.get(env, str(default)),
-            help=f"{what} (default {default}, or ${env})",
-        )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--rule-priority",
+        type=_option(parse_rule_priority, "--rule-priority"),
+        help="preference of the plugin's policy rules, 1-32765 "
+        f"(default {DEFAULT_RULE_PRIORITY}, or ${RULE_PRIORITY_ENV})",
+    )
+    parser.add_argument(
+        "--rp-table",
+        type=_option(parse_rp_table, "--rp-table"),
+        help="the plugin's reverse-path table, refused as a chosen table "
+        f"(default {DEFAULT_RP_TABLE}, or ${RP_TABLE_ENV})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     device = sub.add_parser("device", help="act on one host interface (no Incus needed)")
@@ -95,12 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("cleanup", "remove the device's routes and rules from every table"),
     ):
         p = dsub.add_parser(action, help=text, description=text)
-        p.add_argument("--host-name", required=True, help="host-side interface (vethXXXX)")
+        p.add_argument(
+            "--host-name", required=True, type=_host_name, help="host-side interface (vethXXXX)"
+        )
         p.add_argument(
             "--full",
             action="store_true",
             help="one line per route even for large plans (default: counts per table "
             "beyond 20 routes of a kind)",
+        )
+        p.add_argument(
+            "--format",
+            choices=FORMAT_NAMES,
+            default="table",
+            help="table (default: one line per change), json, yaml or csv",
         )
         p.add_argument(
             "config",
@@ -113,44 +179,105 @@ def build_parser() -> argparse.ArgumentParser:
     def instance_parser(name: str, text: str, *, target: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         if target == "one":
-            p.add_argument("instance")
-        elif target == "optional":
-            p.add_argument("instance", nargs="?")
-        p.add_argument("--project", default="default")
-        if target != "one":
+            p.add_argument("instance", nargs=1)
+        else:
+            p.add_argument(
+                "instance", nargs="*", help="default: every local instance of the project"
+            )
             p.add_argument("--all-projects", action="store_true")
+        p.add_argument("--project", default="default")
         p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        p.add_argument(
+            "--format",
+            choices=FORMAT_NAMES,
+            default="table",
+            help="table (default, for people), json, yaml or csv",
+        )
         _policy_option(p)
         return p
 
     instance_parser(
         "validate",
-        "list every problem of an instance's routed NICs; with --policy alone, check the "
-        "policy file",
-        target="optional",
+        "list every problem and warning of routed NICs; with --policy alone, check the policy file",
+        target="many",
     )
-    instance_parser("plan", "print what apply would change; change nothing", target="one")
+    instance_parser("plan", "print what apply would change; change nothing", target="many")
     instance_parser("apply", "converge an instance's host routes and rules", target="one")
     instance_parser("cleanup", "remove an instance's host routes and rules", target="one")
-    instance_parser("reconcile", "converge every local instance; resync rules", target="all")
-    st = instance_parser(
-        "status", "show host tables per instance, device, family", target="optional"
+    rec = instance_parser("reconcile", "converge every local instance; resync rules", target="many")
+    rec.add_argument(
+        "--dry-run", action="store_true", help="print what would change; change nothing"
     )
-    st.add_argument("--format", choices=("table", "json"), default="table")
+    st = instance_parser("status", "show host tables per instance, device, family", target="many")
+    st.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if any instance has drift, an error, an isolation or a warning",
+    )
 
     for name, text in (
         ("enable", "attach the LXC hooks to a profile (raw.lxc)"),
         ("disable", "remove the LXC hooks from a profile"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--profile", required=True)
-        p.add_argument("--project", default="default")
-        p.add_argument("--socket")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--profile", help="the profile to change")
+        which.add_argument(
+            "--all-profiles", action="store_true", help="every profile of every project"
+        )
+        p.add_argument("--project", default="default", help="the profile's project")
+        p.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+        if name == "enable":
+            p.add_argument(
+                "--hook",
+                help="hook executable written into raw.lxc "
+                "(default $INCUS_HOST_TABLES_HOOK or /usr/libexec/incus-host-tables/hook)",
+            )
+
+    text = "install the systemd unit, the hook and the iproute2 names (non-package installs)"
+    inst = sub.add_parser("install", help=text, description=text)
+    inst.add_argument("--root", default="/", help="directory to install into (default /)")
+    inst.add_argument(
+        "--executable",
+        help="command the unit starts (default: this installation's incus-host-tables)",
+    )
+    inst.add_argument(
+        "--python", help="interpreter of the hook (default: the one running this command)"
+    )
+    text = "remove the hooks from every profile, then the unit, the hook and the names"
+    uninst = sub.add_parser("uninstall", help=text, description=text)
+    uninst.add_argument("--root", default="/", help="directory to remove from (default /)")
+    uninst.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+    uninst.add_argument(
+        "--hooks-only",
+        action="store_true",
+        help="only remove the hooks from every profile (what the Debian package does on removal)",
+    )
 
     watch = sub.add_parser("watch", help="run the event daemon (and serve the hooks)")
     watch.add_argument("--socket")
     watch.add_argument("--verbose", action="store_true")
+    watch.add_argument(
+        "--resync-interval",
+        type=_resync_interval,
+        default=60,
+        metavar="SECONDS",
+        help="full resync of every managed device and of the rules every SECONDS "
+        "(1-86400, default 60); drift is repaired from kernel notifications meanwhile",
+    )
+    watch.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="also write the metrics to PATH (atomically, every 15 s) for "
+        "node_exporter's textfile collector",
+    )
     _policy_option(watch)
+
+    sub.add_parser(
+        "metrics",
+        help="print the running daemon's metrics (Prometheus text format)",
+        description="print the running daemon's metrics (Prometheus text format)",
+    )
 
     doctor = sub.add_parser(
         "doctor",
@@ -163,8 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_option(doctor)
 
     hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
-    hook.add_argument("type", help="LXC hook type (start-host, post-stop)")
+    hook.add_argument("type", help="LXC hook type (start-host, post-stop, stop)")
     return parser
+
+
+def _table_settings(args: argparse.Namespace) -> TableSettings:
+    from .rttables import host_table_settings
+
+    return host_table_settings(args.rp_table)
 
 
 def _device(args: argparse.Namespace) -> int:
@@ -179,13 +312,14 @@ def _device(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         config[key] = value
     try:
-        intent = parse_device(config)
+        intent = parse_device(config, _table_settings(args))
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    for warning in intent.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if args.format == "table":
+        for warning in intent.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
     try:
         engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
@@ -216,6 +350,16 @@ def _device(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     lines = dp.lines() if args.full else dp.summary()
+    if args.format != "table":
+        from .formats import Format, render
+
+        records = [
+            {"interface": args.host_name, "kind": kind, "text": text}
+            for kind, texts in (("warning", intent.warnings), ("change", lines))
+            for text in texts
+        ]
+        sys.stdout.write(render(records, Format(args.format), ("interface", "kind", "text")))
+        return EXIT_OK
     if args.action == "plan" and not lines:
         lines = ["no changes"]
     if lines:
@@ -228,15 +372,30 @@ def _hook(args: argparse.Namespace) -> int:
     import logging
 
     from .engine import Engine
-    from .hookrun import run_hook
+    from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
+    from .lxcconf import LxcConfError, parse_lxc_name
 
     logging.basicConfig(format="incus-host-tables: %(message)s", level=logging.WARNING)
     hook = args.type or os.environ.get("LXC_HOOK_TYPE", "")
+    if hook not in START_HOOKS + STOP_HOOKS:
+        known = ", ".join(START_HOOKS + STOP_HOOKS)
+        print(f"incus-host-tables: unsupported hook type {hook!r} ({known})", file=sys.stderr)
+        return EXIT_USAGE
+    lxc_name = os.environ.get("LXC_NAME", "")
+    if not lxc_name:
+        print(
+            "incus-host-tables: LXC_NAME is not set: `hook` runs as an LXC hook only",
+            file=sys.stderr,
+        )
+        return EXIT_ENVIRONMENT
+    try:
+        parse_lxc_name(lxc_name)
+    except LxcConfError as err:
+        print(f"incus-host-tables: LXC_NAME: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     try:
-        out = run_hook(
-            engine, hook, os.environ.get("LXC_NAME", ""), os.environ.get("LXC_CONFIG_FILE", "")
-        )
+        out = run_hook(engine, hook, lxc_name, os.environ.get("LXC_CONFIG_FILE", ""))
     finally:
         engine.close()
     if not out.ok:
@@ -246,22 +405,46 @@ def _hook(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, log, setup_logging
+    from .daemon import Daemon
+    from .hookserver import AlreadyRunning
+    from .logsetup import setup_logging
     from .policy import ACTIVE, PolicyError
 
     setup_logging(args.verbose)
     ACTIVE.use(args.policy)
     try:
-        policy = ACTIVE.load()
+        ACTIVE.load()  # the daemon logs which policy is in force once it serves
     except PolicyError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    if policy is None:
-        log.info("no policy file at %s: no tenant restriction", ACTIVE.path)
-    else:
-        log.info("policy %s in force: %d project(s)", ACTIVE.path, len(policy.projects))
-    daemon = Daemon(socket=args.socket, rule_priority=args.rule_priority, rp_table=args.rp_table)
-    return daemon.run()
+    try:
+        daemon = Daemon(
+            socket=args.socket,
+            rule_priority=args.rule_priority,
+            rp_table=args.rp_table,
+            resync_interval=args.resync_interval,
+            metrics_textfile=args.metrics_textfile,
+        )
+        return daemon.run()
+    except AlreadyRunning as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from .hookserver import ask_metrics
+    from .locking import run_dir
+
+    try:
+        text = ask_metrics()
+    except OSError as err:
+        print(f"error: no daemon answers on {run_dir()}: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except ValueError as err:
+        print(f"error: the daemon refused: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    sys.stdout.write(text.decode())
+    return EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -299,11 +482,20 @@ def _kernel_rules() -> KernelRules:
 
 
 def _instances(args: argparse.Namespace) -> int:
-    from . import commands, rawlxc
+    import logging
+
+    from . import commands, profiles
     from .engine import Engine
+    from .formats import Format
     from .incus import IncusClient, IncusError
     from .locking import run_dir
+    from .rttables import SystemTableNames
 
+    # The commands print every warning and error themselves; the lifecycle's
+    # log lines are for the daemon's and the hooks' logs.
+    logging.getLogger("incus-host-tables").addHandler(logging.NullHandler())
+    command = None  # the hook command `enable` writes; checked before Incus is asked
+    policy: Policy | None = None
     if args.command not in ("enable", "disable"):
         usable, policy = _load_policy(args)
         if not usable:
@@ -315,10 +507,12 @@ def _instances(args: argparse.Namespace) -> int:
                 )
             else:
                 return EXIT_INVALID  # nothing changed
-        if args.command == "validate" and args.instance is None and not args.all_projects:
-            if args.policy is None:
-                print("error: name an instance, --all-projects, or --policy FILE", file=sys.stderr)
-                return EXIT_USAGE
+        if (
+            args.command == "validate"
+            and args.policy is not None
+            and not args.instance
+            and not args.all_projects
+        ):
             described = "no such file: no restriction" if policy is None else "valid"
             count = "" if policy is None else f", {len(policy.projects)} project(s)"
             print(f"policy {args.policy}: {described}{count}")
@@ -331,38 +525,44 @@ def _instances(args: argparse.Namespace) -> int:
             if refusal is not None:
                 print(f"error: {refusal}", file=sys.stderr)
                 return EXIT_ENVIRONMENT
+            command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
         client = IncusClient(args.socket)
-    except IncusError as err:
+    except (IncusError, profiles.HookMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     try:
         if args.command in ("enable", "disable"):
-            raw = client.profile_config(args.profile, args.project).get("raw.lxc", "")
-            new = (
-                rawlxc.add_hooks(raw, rawlxc.hook_command(run_dir=run_dir()))
-                if args.command == "enable"
-                else rawlxc.remove_hooks(raw)
+            refs = (
+                profiles.all_profiles(client)
+                if args.all_profiles
+                else [(args.project, args.profile)]
             )
-            if new != raw:
-                client.set_profile_config(args.profile, "raw.lxc", new, args.project)
-            state = "attached to" if args.command == "enable" else "removed from"
-            print(f"hooks {state} profile {args.profile}" + ("" if new != raw else " (unchanged)"))
-            return EXIT_OK
+            return profiles.apply(client, refs, command)
         snapshots = commands.select(
-            client,
-            getattr(args, "instance", None),
-            args.project,
-            getattr(args, "all_projects", False),
+            client, args.instance, args.project, getattr(args, "all_projects", False)
         )
+        fmt = Format(args.format)
+        tables = _table_settings(args)
         if args.command == "validate":
-            return commands.validate(snapshots, policy, _kernel_rules())
+            return commands.validate(snapshots, tables, fmt, policy, _kernel_rules())
         engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
         try:
             if args.command == "status":
-                rows = commands.status(engine, snapshots, policy, _kernel_rules())
-                commands.print_status(rows, args.format)
+                rows = commands.status(
+                    engine, snapshots, tables, SystemTableNames(), policy, _kernel_rules()
+                )
+                commands.print_status(rows, fmt)
+                if args.check and not all(row.fine for row in rows):
+                    return EXIT_INVALID
                 return EXIT_OK
-            return commands.act(engine, snapshots, args.command)
+            return commands.act(
+                engine,
+                snapshots,
+                args.command,
+                tables=tables,
+                dry_run=getattr(args, "dry_run", False),
+                fmt=fmt,
+            )
         finally:
             engine.close()
     except IncusError as err:
@@ -372,20 +572,51 @@ def _instances(args: argparse.Namespace) -> int:
         client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    from .desired import DEFAULT_RULE_PRIORITY
+    from .model import DEFAULT_RP_TABLE
+
+    args.rule_priority = _from_env(
+        args.rule_priority, parse_rule_priority, RULE_PRIORITY_ENV, DEFAULT_RULE_PRIORITY
+    )
+    args.rp_table = _from_env(args.rp_table, parse_rp_table, RP_TABLE_ENV, DEFAULT_RP_TABLE)
     if args.command == "device":
         return _device(args)
     if args.command == "hook":
         return _hook(args)
     if args.command == "watch":
         return _watch(args)
+    if args.command == "install":
+        from . import hostsetup
+
+        return hostsetup.install(args.root, args.executable, args.python)
+    if args.command == "uninstall":
+        from . import hostsetup
+
+        return hostsetup.uninstall(args.root, args.socket, args.hooks_only)
+    if args.command == "metrics":
+        return _metrics(args)
     if args.command == "doctor":
         return _doctor(args)
     return _instances(args)
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    streams.keep_quiet_when_closed()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as err:
+        # The run directory, netlink, a socket: the environment, not the input.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

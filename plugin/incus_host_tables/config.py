@@ -12,22 +12,28 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from enum import Enum
+from typing import Literal, Protocol, TypeVar
 
-from .model import LOCAL_TABLE, MAIN_TABLE
+from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
+from .numbers import NumberError, parse_decimal
 
 Family = Literal["ipv4", "ipv6"]
 T = TypeVar("T")
 FAMILIES: tuple[Family, Family] = ("ipv4", "ipv6")
 
-MAX_TABLE = 255  # upstream Incus validates host_tables in 0-255
+MAX_NATIVE_TABLE = 255  # Incus validates ipv4.host_tables as a list of 0-255
+MAX_TABLE = 4294967295  # the kernel's table IDs are u32; Incus's host_table too
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DECIMAL = re.compile(r"[0-9]+", re.ASCII)
+# What an operator meant as a number (any script's digits, a sign, "_"):
+# reported as a bad number, never looked up as a table name.
+_NUMBER_LIKE = re.compile(r"[+-]?[\d_]+")
 # Linux interface names: 1-15 bytes, no '/', ':' or whitespace, not "." or "..".
-_IFNAME = re.compile(r"[^/:\s]{1,15}")
+_IFNAME = re.compile(r"[^/:\s\x00]{1,15}")
 
 
 class ConfigError(ValueError):
@@ -36,6 +42,33 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class TableNameLookup(Protocol):
+    def id_of(self, name: str) -> int | None: ...
+
+
+class _NoNames:
+    def id_of(self, name: str) -> int | None:
+        return {"default": DEFAULT_TABLE, "main": MAIN_TABLE, "local": LOCAL_TABLE}.get(name)
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """What table values mean on this host: iproute2's names (looked up only
+    when a key holds a name) and the plugin's RP table (refused)."""
+
+    names: TableNameLookup = field(default_factory=_NoNames)
+    rp_table: int = DEFAULT_RP_TABLE
+
+
+BUILTIN_NAMES_ONLY = TableSettings()
+
+
+class KeyKind(Enum):
+    NATIVE = "native"  # ipv4.host_tables: what Incus >= 6.13 validates, 0-255
+    USER = "user"  # user.ipv4.host_tables: IDs 1-4294967295 and iproute2 names
+    LEGACY = "legacy"  # ipv4.host_table: one uint32, as Incus/LXD accept it
 
 
 @dataclass(frozen=True)
@@ -69,43 +102,119 @@ def _value(device: Mapping[str, str], key: str) -> str | None:
     return None if value is None or value == "" else value
 
 
-def _parse_table(key: str, raw: str, item: str) -> int:
-    if not _DECIMAL.fullmatch(item):
-        raise ConfigError(f"{key}={raw!r}: {item!r} is not a decimal table ID")
-    # Range first (without int() on a huge string), so that a leading-zero
-    # hint never suggests an invalid table.
-    digits = item.lstrip("0") or "0"
-    table = int(digits) if len(digits) <= 3 else MAX_TABLE + 1
+def _reserved(table: int, rp_table: int) -> str | None:
+    """Why ``table`` can never be a chosen table, or None."""
     if table == 0:
-        raise ConfigError(
-            f"{key}={raw!r}: table 0 is not allowed: the kernel files table-0 routes "
-            f"into main, which would defeat isolation; write {MAIN_TABLE} if main is meant"
+        return (
+            "the kernel files table-0 routes into main, which would defeat isolation; "
+            f"write {MAIN_TABLE} if main is meant"
         )
     if table == LOCAL_TABLE:
-        raise ConfigError(f"{key}={raw!r}: table 255 is the kernel's local table")
-    if table > MAX_TABLE:
-        raise ConfigError(f"{key}={raw!r}: table {digits} is out of range 1-254")
-    if item != digits:
-        raise ConfigError(f"{key}={raw!r}: {item!r} has a leading zero; write {table}")
+        return "it is the kernel's local table"
+    if table == rp_table:
+        return "it is the plugin's reverse-path table (host setting --rp-table)"
+    return None
+
+
+def _parse_table(key: str, raw: str, item: str, kind: KeyKind, settings: TableSettings) -> int:
+    shown = item
+    if kind is KeyKind.USER and not _NUMBER_LIKE.fullmatch(item):
+        found = settings.names.id_of(item)
+        if found is None:
+            raise ConfigError(
+                f"{key}={raw!r}: {item!r} is neither a table ID (1-{MAX_TABLE}) nor a table "
+                "name in iproute2's rt_tables files"
+            )
+        table, shown = found, f"{item!r} ({found})"
+    else:
+        hi = MAX_NATIVE_TABLE if kind is KeyKind.NATIVE else MAX_TABLE
+        if kind is not KeyKind.USER and _DECIMAL.fullmatch(item):
+            # Incus parses its own keys with strconv.ParseUint: leading zeros
+            # are accepted there, so they are here (with a warning).
+            item = item.lstrip("0") or "0"
+        try:
+            table = parse_decimal("table", item, 0, hi)
+        except NumberError as err:
+            # A leading zero in front of a reserved ID: say why it is
+            # reserved rather than suggest writing it without the zero.
+            digits = item.lstrip("0") or "0"
+            if _DECIMAL.fullmatch(item) and len(digits) <= 10:
+                reason = _reserved(int(digits), settings.rp_table)
+                if reason is not None:
+                    raise ConfigError(
+                        f"{key}={raw!r}: table {digits} is not allowed: {reason}"
+                    ) from None
+            raise ConfigError(f"{key}={raw!r}: {err}") from None
+    reason = _reserved(table, settings.rp_table)
+    if reason is not None:
+        raise ConfigError(f"{key}={raw!r}: table {shown} is not allowed: {reason}")
     return table
 
 
-def parse_table_list(key: str, raw: str) -> tuple[int, ...]:
-    """Parse a comma-separated list of table IDs, as written in ``key``."""
+def _default_needs_main(key: str, raw: str, tables: tuple[int, ...]) -> None:
+    if DEFAULT_TABLE in tables and MAIN_TABLE not in tables:
+        raise ConfigError(
+            f"{key}={raw!r}: table {DEFAULT_TABLE} (default) is not allowed without "
+            f"{MAIN_TABLE} (main): main-domain traffic consults it through the kernel's "
+            f"standard rule 32767, so its routes are as reachable as main's; list {MAIN_TABLE} "
+            "too if that is meant"
+        )
+
+
+def parse_table_list(
+    key: str,
+    raw: str,
+    kind: KeyKind = KeyKind.USER,
+    settings: TableSettings = BUILTIN_NAMES_ONLY,
+) -> tuple[int, ...]:
+    """Parse a comma-separated list of tables, as written in ``key``."""
     tables: list[int] = []
     for item in raw.split(","):
         item = item.strip(" \t")
         if item == "":
             raise ConfigError(f"{key}={raw!r}: empty item in the list")
-        table = _parse_table(key, raw, item)
+        table = _parse_table(key, raw, item, kind, settings)
         if table in tables:
             raise ConfigError(f"{key}={raw!r}: table {table} is listed twice")
         tables.append(table)
+    _default_needs_main(key, raw, tuple(tables))
     return tuple(tables)
 
 
+def _parse_legacy(
+    key: str, raw: str, settings: TableSettings
+) -> tuple[tuple[int, ...], str | None]:
+    """The deprecated single table and a warning. Incus and LXD accept any
+    uint32 here and also put the route into main; table 0 is main to the
+    kernel, so an instance with 0 works today with its route in main: it
+    keeps it there (with a warning) instead of being refused at its next
+    start."""
+    item = raw.strip(" \t")
+    if _DECIMAL.fullmatch(item) and not item.strip("0"):
+        return (MAIN_TABLE,), (
+            f"{key}={raw!r}: table 0 is main to the kernel, so the routes stay in main "
+            f"({MAIN_TABLE}); write {MAIN_TABLE}, or the table meant"
+        )
+    tables = (_parse_table(key, raw, item, KeyKind.LEGACY, settings),)
+    _default_needs_main(key, raw, tables)
+    return tables, None
+
+
+def _leading_zeros(key: str, raw: str | None) -> list[str]:
+    """A warning for IDs with leading zeros in a key Incus validates (it
+    reads them as decimal; the plugin follows, but asks for the plain form)."""
+    if raw is None:
+        return []
+    items = [item.strip(" \t") for item in raw.split(",")]
+    odd = [i for i in items if _DECIMAL.fullmatch(i) and len(i) > 1 and i.startswith("0")]
+    if not odd:
+        return []
+    plain = ",".join(i.lstrip("0") or "0" if i in odd else i for i in items)
+    return [f"{key}={raw!r}: leading zeros are read as Incus reads them; write {plain!r}"]
+
+
 def _resolve(
-    device: Mapping[str, str], family: Family, strict: bool
+    device: Mapping[str, str], family: Family, strict: bool, settings: TableSettings
 ) -> tuple[tuple[int, ...], list[str]]:
     """Tables for ``family`` and warnings. ``strict`` turns the
     new-and-deprecated-key combination into an error (validation) instead of
@@ -118,21 +227,25 @@ def _resolve(
     # Parse every key before judging, so that all their problems are listed.
     problems: list[str] = []
 
-    def parse(key: str, raw: str | None, single: bool) -> tuple[int, ...] | None:
+    def parse(key: str, raw: str | None, kind: KeyKind) -> tuple[int, ...] | None:
         if raw is None:
             return None
         try:
-            if single:
-                return (_parse_table(key, raw, raw.strip(" \t")),)
-            return parse_table_list(key, raw)
+            return parse_table_list(key, raw, kind, settings)
         except ConfigError as err:
             problems.extend(err.problems)
             return None
 
-    native = parse(native_key, native_raw, single=False)
-    user = parse(user_key, user_raw, single=False)
+    native = parse(native_key, native_raw, KeyKind.NATIVE)
+    user = parse(user_key, user_raw, KeyKind.USER)
     before_legacy = len(problems)
-    legacy = parse(legacy_key, legacy_raw, single=True)
+    legacy: tuple[int, ...] | None = None
+    legacy_warning: str | None = None
+    if legacy_raw is not None:
+        try:
+            legacy, legacy_warning = _parse_legacy(legacy_key, legacy_raw, settings)
+        except ConfigError as err:
+            problems.extend(err.problems)
     warnings: list[str] = []
     if not strict and (native_raw is not None or user_raw is not None):
         # The new key wins at run time: a broken deprecated key only warns.
@@ -140,6 +253,9 @@ def _resolve(
         del problems[before_legacy:]
     if problems:
         raise ConfigError(problems)
+    warnings += _leading_zeros(native_key, native_raw) if native is not None else []
+    if legacy is not None and native_raw is None and user_raw is None:
+        warnings += _leading_zeros(legacy_key, legacy_raw)
 
     if native is not None and user is not None and native != user:
         raise ConfigError(
@@ -162,11 +278,13 @@ def _resolve(
             warnings.append(message)
         return chosen, warnings
     if legacy is not None:
-        return legacy, warnings
+        return legacy, warnings + ([legacy_warning] if legacy_warning else [])
     return (MAIN_TABLE,), warnings
 
 
-def resolve_tables(device: Mapping[str, str], family: Family) -> tuple[int, ...]:
+def resolve_tables(
+    device: Mapping[str, str], family: Family, settings: TableSettings = BUILTIN_NAMES_ONLY
+) -> tuple[int, ...]:
     """The routing tables that the host routes of ``family`` belong in.
 
     Order is as written; the first is the primary table. Raises ConfigError
@@ -176,7 +294,41 @@ def resolve_tables(device: Mapping[str, str], family: Family) -> tuple[int, ...]
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be 'ipv4' or 'ipv6', not {family!r}")
-    return _resolve(device, family, strict=False)[0]
+    return _resolve(device, family, False, settings)[0]
+
+
+# -- keys that look like ours ----------------------------------------------
+
+_OUR_KEYS = frozenset(k for family in FAMILIES for k in _keys(family))
+
+
+def _near_form(key: str) -> str:
+    """``key`` without what a typo changes: case, ``-``/``_``, a plural ``s``."""
+    form = key.lower().replace("-", "").replace("_", "")
+    return form[:-1] if form.endswith("s") else form
+
+
+_NEAR_FORMS: dict[str, str] = {}
+for _family in FAMILIES:
+    for _form in (f"{_family}.host_tables", f"user.{_family}.host_tables"):
+        _NEAR_FORMS[_near_form(_form)] = f"user.{_family}.host_tables"
+
+
+def near_miss_keys(device: Mapping[str, str]) -> list[str]:
+    """Warnings for keys that look like one of the plugin's table keys but
+    are not: they are ignored, so the routes stay where they would be
+    without them."""
+    warnings: list[str] = []
+    for key in device:
+        if key in _OUR_KEYS:
+            continue
+        meant = _NEAR_FORMS.get(_near_form(key))
+        if meant is not None:
+            warnings.append(
+                f"{key}={device[key]!r} is not a key incus-host-tables reads and is ignored; "
+                f"did you mean {meant}?"
+            )
+    return warnings
 
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
@@ -274,19 +426,46 @@ def _parse_routes(
     return tuple(result)
 
 
+def is_interface_name(name: str) -> bool:
+    """A name Linux accepts for an interface: 1-15 bytes, no ``/``, ``:`` or
+    whitespace, not ``.`` or ``..``."""
+    return bool(_IFNAME.fullmatch(name)) and name not in (".", "..") and len(name.encode()) <= 15
+
+
 def _parse_vrf(device: Mapping[str, str]) -> str | None:
     raw = _value(device, "vrf")
     if raw is None:
         return None
-    if not _IFNAME.fullmatch(raw) or raw in (".", "..") or len(raw.encode()) > 15:
+    if not is_interface_name(raw):
         raise ConfigError(f"vrf={raw!r}: not a valid interface name")
     return raw
 
 
-def _collect(device: Mapping[str, str], strict: bool) -> tuple[DeviceIntent | None, list[str]]:
-    """Parse every key, collecting all problems instead of stopping at the first."""
+def _routes_clash_with_addresses(
+    device: Mapping[str, str],
+    family: Family,
+    addresses: tuple[IPAddress, ...],
+    routes: tuple[IPNetwork, ...],
+) -> None:
+    """An extra route equal to an address's host route would be the same
+    route twice in every chosen table: the kernel refuses the second."""
+    host = 32 if family == "ipv4" else 128
+    own = {a.packed for a in addresses}
+    for net in routes:
+        if net.prefixlen == host and net.network_address.packed in own:
+            raise ConfigError(
+                f"{family}.routes={device[f'{family}.routes']!r}: {str(net)!r} is the host "
+                f"route of {net.network_address} in {family}.address; list it in one key only"
+            )
+
+
+def _collect(
+    device: Mapping[str, str], strict: bool, settings: TableSettings
+) -> tuple[DeviceIntent | None, list[str], list[str]]:
+    """Parse every key, collecting all problems instead of stopping at the
+    first. Returns (intent or None, problems, warnings)."""
     problems: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = near_miss_keys(device)
 
     def attempt(fn: Callable[..., T], *args: object) -> T | None:
         try:
@@ -298,9 +477,11 @@ def _collect(device: Mapping[str, str], strict: bool) -> tuple[DeviceIntent | No
     vrf = attempt(_parse_vrf, device)
     intents: dict[Family, FamilyIntent] = {}
     for family in FAMILIES:
-        resolved = attempt(_resolve, device, family, strict)
+        resolved = attempt(_resolve, device, family, strict, settings)
         addresses = attempt(_parse_addresses, device, family)
         routes = attempt(_parse_routes, device, family, bool(addresses) or addresses is None)
+        if addresses is not None and routes is not None:
+            attempt(_routes_clash_with_addresses, device, family, addresses, routes)
         set_keys = [key for key in _keys(family) if _value(device, key) is not None]
         if vrf is not None and set_keys:
             problems.append(
@@ -314,19 +495,31 @@ def _collect(device: Mapping[str, str], strict: bool) -> tuple[DeviceIntent | No
         warnings.extend(family_warnings)
         intents[family] = FamilyIntent(family, tables, addresses, routes)
     if problems:
-        return None, problems
-    return DeviceIntent(intents["ipv4"], intents["ipv6"], vrf, tuple(warnings)), []
+        return None, problems, warnings
+    return DeviceIntent(intents["ipv4"], intents["ipv6"], vrf, tuple(warnings)), [], warnings
 
 
-def parse_device(device: Mapping[str, str]) -> DeviceIntent:
+def parse_device(
+    device: Mapping[str, str], settings: TableSettings = BUILTIN_NAMES_ONLY
+) -> DeviceIntent:
     """Run-time parse: raise ConfigError listing every problem; deprecated-key
-    conflicts become ``warnings`` on the result."""
-    intent, problems = _collect(device, strict=False)
+    conflicts and keys that look like ours become ``warnings`` on the result."""
+    intent, problems, _ = _collect(device, False, settings)
     if intent is None:
         raise ConfigError(problems)
     return intent
 
 
-def validate_device(device: Mapping[str, str]) -> list[str]:
+def check_device(
+    device: Mapping[str, str], settings: TableSettings = BUILTIN_NAMES_ONLY
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a device config, strictest reading."""
+    _, problems, warnings = _collect(device, True, settings)
+    return problems, warnings
+
+
+def validate_device(
+    device: Mapping[str, str], settings: TableSettings = BUILTIN_NAMES_ONLY
+) -> list[str]:
     """Every problem with a device config, strictest reading; [] when valid."""
-    return _collect(device, strict=True)[1]
+    return check_device(device, settings)[0]

@@ -6,34 +6,58 @@
   for a socket round trip instead of importing pylxd.
 - Work on one instance is coalesced: a burst of events for it becomes one
   sync that reads the instance's current state.
+- Keeps the applied state true between events: the repairer (repair.py)
+  repairs drift from kernel notifications and resyncs periodically.
+- Counts what it does (metrics.py), for `incus-host-tables metrics` and
+  node_exporter's textfile collector.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import queue
 import signal
-import socketserver
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .config import ConfigError, parse_device
 from .desired import DEFAULT_RP_TABLE
 from .engine import Engine
-from .hookrun import run_hook
+from .hookrun import START_HOOKS, STOP_HOOKS, run_hook
+from .hookserver import HookServer
 from .incus import IncusClient, IncusError, InstanceNotFoundError, InstanceSnapshot
-from .lifecycle import Lifecycle, Nic
-from .locking import run_dir
+from .lifecycle import Lifecycle, Nic, Outcome
+from .lxcconf import LxcConfError, parse_lxc_name
+from .metrics import Metrics
+from .netlink.kernel import Netlink
 from .policy import ACTIVE as ACTIVE_POLICY
+from .policy import PolicyError
 from .policywatch import PolicyWatcher
+from .repair import DEFAULT_RESYNC_INTERVAL, ManagedDevice, Repairer, RepairReason
+from .sdnotify import ServiceNotifier
 
 log = logging.getLogger("incus-host-tables")
 
-HOOK_SOCKET = "hook.sock"
+
+def _log_policy() -> None:
+    """Which tenant policy is in force (logged once the hooks are served, so
+    a second daemon's refusal stays one line)."""
+    try:
+        policy = ACTIVE_POLICY.current()
+    except PolicyError as err:
+        log.warning("%s; refusing every routed NIC until it is fixed", err)
+        return
+    if policy is None:
+        log.info("no policy file at %s: no tenant restriction", ACTIVE_POLICY.path)
+    else:
+        log.info("policy %s in force: %d project(s)", ACTIVE_POLICY.path, len(policy.projects))
+
+
 SYNC_ACTIONS = {
     "instance-started",
     "instance-restarted",
@@ -46,6 +70,7 @@ SYNC_ACTIONS = {
     "instance-resumed",
 }
 Key = tuple[str, str]  # (project, name)
+TEXTFILE_INTERVAL = 15.0  # seconds between two writes of --metrics-textfile
 
 
 def event_target(event: dict[str, Any]) -> tuple[str, Key, str | None] | None:
@@ -73,11 +98,22 @@ class Daemon:
         rp_table: int = DEFAULT_RP_TABLE,
         workers: int = 4,
         connect: Callable[[], IncusClient] | None = None,
+        resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+        metrics_textfile: str | None = None,
     ) -> None:
         self.rule_priority = rule_priority
         self.rp_table = rp_table
+        self.metrics = Metrics(
+            managed_instances=self._managed_instances,
+            reasons=[reason.value for reason in RepairReason],
+        )
+        self.metrics_textfile = metrics_textfile
+        self.repairer = Repairer(
+            new_engine=self._new_engine, metrics=self.metrics, resync_interval=resync_interval
+        )
         self._connect = connect or (lambda: IncusClient(socket))
         self._local = threading.local()
+        self._hook_engines: queue.SimpleQueue[Engine] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
         self._state_lock = threading.Lock()
         self._applied: dict[Key, Sequence[Nic]] = {}
@@ -88,14 +124,36 @@ class Daemon:
         self.member: str | None = None
         self.reconciles = 0
 
+    def _managed_instances(self) -> int:
+        return len({(d.project, d.instance) for d in self.repairer.managed()})
+
     # -- per-thread resources ----------------------------------------------
 
+    def _new_engine(self, netlink: Netlink) -> Engine:
+        self.repairer.own(netlink)  # its changes are not drift
+        return Engine(netlink, rule_priority=self.rule_priority, rp_table=self.rp_table)
+
     def engine(self) -> Engine:
+        """The calling worker's engine (the workers are a fixed pool)."""
         engine = getattr(self._local, "engine", None)
         if engine is None:
-            engine = Engine(rule_priority=self.rule_priority, rp_table=self.rp_table)
-            self._local.engine = engine
+            netlink = self._local.netlink = Netlink()
+            engine = self._local.engine = self._new_engine(netlink)
         return engine
+
+    @contextlib.contextmanager
+    def hook_engine(self) -> Iterator[Engine]:
+        """An engine for one hook: every hook has a thread of its own, so
+        engines are lent from a pool as large as the most hooks at once
+        (not one per thread, whose sockets would pile up)."""
+        try:
+            engine = self._hook_engines.get_nowait()
+        except queue.Empty:
+            engine = self._new_engine(Netlink())
+        try:
+            yield engine
+        finally:
+            self._hook_engines.put(engine)
 
     def client(self) -> IncusClient:
         client = getattr(self._local, "client", None)
@@ -143,15 +201,24 @@ class Daemon:
         if snapshot is not None and not local and not previous:
             return  # another member's instance, never ours: nothing to do here
         running = local and snapshot is not None and snapshot.status == "Running"
+        # No repair of this instance while it syncs: one that ran after the
+        # sync would put back the state from before (see Repairer._repair).
+        self.repairer.forget(project, name)
         if running:
             assert snapshot is not None
             nics = snapshot.nics
+            started = time.perf_counter()
             out = lifecycle.start(project, name, nics, previous=previous)
+            self.metrics.apply_seconds.observe(time.perf_counter() - started)
             with self._state_lock:
                 self._applied[key] = nics
             for result in out.nics:
                 for line in result.changes:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
+            if out.ok:
+                self.repairer.manage(project, name, self._managed(project, name, nics))
+            else:
+                self.metrics.isolations.inc()
             return
         gone = previous or (snapshot.nics if snapshot is not None else ())
         if gone:
@@ -161,6 +228,23 @@ class Daemon:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
         with self._state_lock:
             self._applied.pop(key, None)
+
+    def _managed(self, project: str, name: str, nics: Sequence[Nic]) -> list[ManagedDevice]:
+        """The devices as just applied, by host interface index."""
+        self.engine()
+        netlink: Netlink = self._local.netlink
+        out = []
+        for nic in nics:
+            if nic.host_name is None:
+                continue
+            try:
+                intent = parse_device(nic.config)
+            except ConfigError:
+                continue
+            index = netlink.ifindex(nic.host_name)
+            if index is not None:
+                out.append(ManagedDevice(project, name, nic.device, nic.host_name, index, intent))
+        return out
 
     def _is_local(self, snapshot: InstanceSnapshot) -> bool:
         return self.member is None or snapshot.location == self.member
@@ -179,11 +263,13 @@ class Daemon:
             self.sync(key, None)
         self.engine().resync_rules()
         self.reconciles += 1
+        self.metrics.reconciles.inc()
         log.info("reconciled %d instances", len(snapshots))
 
     # -- events --------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any]) -> None:
+        self.metrics.event_received()
         target = event_target(event)
         if target is None:
             return
@@ -230,18 +316,17 @@ class Daemon:
         except Exception:
             log.exception("reconcile failed")
 
-    # -- hook server -----------------------------------------------------------
+    # -- hooks -----------------------------------------------------------------
 
-    def handle_hook(self, request: dict[str, Any]) -> dict[str, Any]:
-        hook = str(request.get("hook") or "")
-        lxc_name = str(request.get("lxc_name") or "")
-        config_file = str(request.get("config_file") or "")
+    def handle_hook(self, hook: str, lxc_name: str, config_file: str) -> tuple[bool, str]:
+        if hook in STOP_HOOKS:
+            # Its routes go now: removing them is not drift to repair.
+            with contextlib.suppress(LxcConfError):
+                self.repairer.forget(*parse_lxc_name(lxc_name))
         started = time.perf_counter()
-        try:
-            out = run_hook(self.engine(), hook, lxc_name, config_file)
-        except Exception as err:
-            log.exception("hook %s for %s failed", hook, lxc_name)
-            return {"ok": False, "error": f"internal error: {err}"}
+        with self.hook_engine() as engine:
+            out = run_hook(engine, hook, lxc_name, config_file)
+        self._count_hook(hook, out, time.perf_counter() - started)
         log.info(
             "hook %s %s: %s in %.1f ms",
             hook,
@@ -249,95 +334,55 @@ class Daemon:
             "ok" if out.ok else "refused",
             (time.perf_counter() - started) * 1000,
         )
-        return {"ok": out.ok, "error": out.error}
+        return out.ok, out.error or ""
 
-    def serve_hooks(self) -> socketserver.BaseServer:
-        path = os.path.join(run_dir(), HOOK_SOCKET)
-        os.makedirs(run_dir(), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        daemon = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            # One line each way, tab-separated (see hookclient.py):
-            # "HOOK\tLXC_NAME\tLXC_CONFIG_FILE" -> "ok" | "error\tMESSAGE".
-            def handle(self) -> None:
-                fields = self.rfile.readline().decode(errors="replace").rstrip("\n").split("\t")
-                if len(fields) != 3:
-                    reply = {"ok": False, "error": "malformed request"}
-                else:
-                    hook, lxc_name, config_file = fields
-                    reply = daemon.handle_hook(
-                        {"hook": hook, "lxc_name": lxc_name, "config_file": config_file}
-                    )
-                if reply["ok"]:
-                    answer = "ok"
-                else:
-                    message = str(reply["error"]).replace("\t", " ").replace("\n", " ")
-                    answer = f"error\t{message}"
-                self.wfile.write(answer.encode() + b"\n")
-
-        old_umask = os.umask(0o077)  # root-only socket
-        try:
-            server = socketserver.ThreadingUnixStreamServer(path, Handler)
-        finally:
-            os.umask(old_umask)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="hooks", daemon=True).start()
-        return server
+    def _count_hook(self, hook: str, out: Outcome, seconds: float) -> None:
+        if hook not in START_HOOKS:
+            return
+        self.metrics.apply_seconds.observe(seconds)
+        if not out.ok:
+            self.metrics.refusals.inc()
+            self.metrics.isolations.inc()
 
     # -- main ------------------------------------------------------------------
 
     def run(self) -> int:
-        server = self.serve_hooks()
+        server = HookServer(self.handle_hook, self.metrics.exposition)
+        server.start()  # first: a second daemon stops here (AlreadyRunning)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        # Subscribed to the kernel's notifications before the first reconcile.
+        self.repairer.start()
         # Tenant policy (policywatch.py): a new policy re-evaluates every instance.
         policy_watcher = PolicyWatcher(ACTIVE_POLICY)
+        _log_policy()
         policy_watcher.start(lambda: self._pool.submit(self._on_connected))
-        log.info("watching Incus events; hooks served on %s", server.server_address)
+        log.info("watching Incus events; hooks served on %s", server.path)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
-        while not self._stop.wait(1.0):
-            pass
+        notifier = ServiceNotifier(ready=lambda: self.reconciles > 0, healthy=events.is_alive)
+        notifier.start()
+        while not self._stop.wait(TEXTFILE_INTERVAL if self.metrics_textfile else 1.0):
+            self.write_textfile()
+        notifier.stopping()
         policy_watcher.stop()
-        server.shutdown()
-        server.server_close()
+        server.close()
         events.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.repairer.stop()
+        self.write_textfile()
         return 0
+
+    def write_textfile(self) -> None:
+        if self.metrics_textfile is None:
+            return
+        try:
+            self.metrics.write_textfile(self.metrics_textfile)
+        except OSError as err:
+            log.warning("cannot write the metrics to %s: %s", self.metrics_textfile, err)
 
     def stop(self) -> None:
         self._stop.set()
         client = self._events_client
         if client is not None:
             client.close()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """stderr, in a form journald understands (<N> priority prefixes)."""
-    handler = logging.StreamHandler()
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-    root = logging.getLogger("incus-host-tables")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
-class _JournalFormatter(logging.Formatter):
-    LEVELS: ClassVar[dict[int, int]] = {
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{self.LEVELS.get(record.levelno, 2)}>"
-        return "\n".join(prefix + line for line in text.splitlines())

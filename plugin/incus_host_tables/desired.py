@@ -22,6 +22,7 @@ from .model import (
     Route,
     Rule,
 )
+from .model import DEFAULT_RP_TABLE as DEFAULT_RP_TABLE
 
 FAMILY_OF: dict[str, int] = {"ipv4": AF_INET, "ipv6": AF_INET6}
 
@@ -32,8 +33,8 @@ FAMILY_OF: dict[str, int] = {"ipv4": AF_INET, "ipv6": AF_INET6}
 # strict reverse-path filter, the host's own traffic) find them. The table
 # holds nothing else, so a lookup of any other address falls through to the
 # next rules (main) whatever the chosen tables hold, unreachable defaults of
-# VRF-style tables included.
-DEFAULT_RP_TABLE = 1158
+# VRF-style tables included. Its default ID (1158) is defined in model: the
+# config parser refuses it as a chosen table.
 
 DEFAULT_RULE_PRIORITY = 1100
 

@@ -21,12 +21,13 @@ from enum import Enum, IntEnum
 from typing import Any
 
 from . import rawlxc
-from .config import ConfigError, DeviceIntent, parse_device
+from .config import BUILTIN_NAMES_ONLY, ConfigError, DeviceIntent, TableSettings, parse_device
 from .desired import DEFAULT_RP_TABLE, FAMILY_OF
 from .incus import IncusClient, IncusError, InstanceSnapshot
 from .locking import run_dir
 from .model import AF_INET, AF_INET6, MAIN_TABLE
 from .policy import ActivePolicy, Policy, PolicyError, device_violations
+from .rttables import host_table_settings
 from .rulecheck import (
     FAMILY_NAME,
     MAIN_RULE_PRIORITY,
@@ -124,6 +125,8 @@ class HostFacts:
     policy_error: str | None = None
     policy_loose_mode: str | None = None  # why others could change the file
     rp_table: int = DEFAULT_RP_TABLE
+    # What table values mean on this host (its iproute2 names, the RP table).
+    tables: TableSettings = BUILTIN_NAMES_ONLY
 
 
 def kernel_policy_rules() -> dict[int, list[PolicyRule]]:
@@ -263,7 +266,7 @@ def gather(
     rp_table: int = DEFAULT_RP_TABLE,
     connect: Callable[[str | None], IncusClient] = IncusClient,
 ) -> HostFacts:
-    facts = HostFacts(rp_table=rp_table)
+    facts = HostFacts(rp_table=rp_table, tables=host_table_settings(rp_table))
     facts.forwarding = {fam: _read(path) for fam, path in FORWARDING_SYSCTLS.items()}
     try:
         client = connect(socket_path)
@@ -287,7 +290,7 @@ def gather(
         if snap.status != "Running":
             continue
         for nic in snap.nics:
-            intent = _intent(nic.config)
+            intent = _intent(nic.config, facts.tables)
             if intent is None or nic.host_name is None:
                 continue
             for fam in intent.families():
@@ -313,9 +316,9 @@ def gather(
     return facts
 
 
-def _intent(config: Mapping[str, str]) -> DeviceIntent | None:
+def _intent(config: Mapping[str, str], tables: TableSettings) -> DeviceIntent | None:
     try:
-        return parse_device(config)
+        return parse_device(config, tables)
     except ConfigError:
         return None
 
@@ -332,7 +335,7 @@ def chosen_tables(facts: HostFacts) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {AF_INET: set(), AF_INET6: set()}
     for inst in _running(facts):
         for nic in inst.snapshot.nics:
-            intent = _intent(nic.config)
+            intent = _intent(nic.config, facts.tables)
             if intent is None:
                 continue
             for fam in intent.families():
@@ -346,7 +349,7 @@ def check_forwarding(facts: HostFacts) -> list[Check]:
         FAMILY_OF[fam.family]
         for inst in _running(facts)
         for nic in inst.snapshot.nics
-        if (intent := _intent(nic.config)) is not None
+        if (intent := _intent(nic.config, facts.tables)) is not None
         for fam in intent.families()
         if fam.addresses
     }
@@ -401,7 +404,7 @@ def check_daemon(facts: HostFacts) -> list[Check]:
             Level.WARN,
             f"no daemon answers ({facts.daemon_error}): VMs, live device changes and "
             "instances without hooks are not handled",
-            "systemctl enable --now incus-host-tables (hooks/incus-host-tables.service)",
+            "incus-host-tables install, then systemctl enable --now incus-host-tables",
         )
     ]
 
@@ -595,7 +598,7 @@ def check_policy(facts: HostFacts) -> list[Check]:
         for inst in _running(facts):
             snap = inst.snapshot
             for nic in snap.nics:
-                intent = _intent(nic.config)
+                intent = _intent(nic.config, facts.tables)
                 if intent is not None:
                     violations += [
                         f"{snap.project}/{snap.name}: {v}"

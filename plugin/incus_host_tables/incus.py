@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pylxd
 import pylxd.exceptions
@@ -210,8 +210,11 @@ class IncusClient:
 
     def __init__(self, socket: str | None = None, *, timeout: float = 30.0) -> None:
         self.socket_path = find_socket(socket)
+        # The URL form, not the path: pylxd 2.2 (Debian 12) takes a path for a
+        # unix socket only if os.path.isfile() holds, which a socket never does.
+        endpoint = "http+unix://" + quote(self.socket_path, safe="")
         try:
-            self._client = pylxd.Client(endpoint=self.socket_path, timeout=timeout)
+            self._client = pylxd.Client(endpoint=endpoint, timeout=timeout)
         except pylxd.exceptions.ClientConnectionFailed as e:
             raise IncusError(f"cannot connect to {self.socket_path}: {e}") from e
         self._lock = threading.Lock()
@@ -270,6 +273,12 @@ class IncusClient:
     def projects(self) -> list[str]:
         urls = self._get(self._client.api.projects)
         return sorted(_last_segment(u) for u in _as_str_list(urls))
+
+    def profiles(self, project: str = "default") -> list[tuple[str, str]]:
+        """(project, profile) pairs usable in ``project``: a project without
+        its own profiles (features.profiles=false) lists default's."""
+        urls = self._get(self._client.api.profiles, {"project": project})
+        return sorted(_profile_ref(u) for u in _as_str_list(urls))
 
     def profile_config(self, name: str, project: str = "default") -> dict[str, str]:
         """A profile's own config (``raw.lxc`` and friends)."""
@@ -410,6 +419,12 @@ def _as_str_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise IncusError("unexpected list from the API")
     return list(value)
+
+
+def _profile_ref(url: str) -> tuple[str, str]:
+    """``/1.0/profiles/NAME?project=P`` -> (P, NAME); no project means default."""
+    project = (parse_qs(urlsplit(url).query).get("project") or ["default"])[0]
+    return project, _last_segment(url)
 
 
 def _last_segment(url: str) -> str:

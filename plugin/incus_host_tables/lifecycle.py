@@ -17,13 +17,14 @@ from enum import StrEnum
 from typing import Protocol
 
 from . import problems
-from .config import ConfigError, DeviceIntent, parse_device
+from .config import ConfigError, DeviceIntent, TableSettings, parse_device
 from .engine import Engine, InterfaceMissing
 from .facts import FAMILIES
 from .locking import instance_lock
 from .model import AF_INET
 from .netlink.kernel import ApplyError, NetlinkError
 from .policy import ACTIVE as ACTIVE_POLICY
+from .rttables import host_table_settings
 
 log = logging.getLogger("incus-host-tables")
 FAMILY_NAMES = {family: "ipv4" if family == AF_INET else "ipv6" for family in FAMILIES}
@@ -78,17 +79,23 @@ class Outcome:
         return self.error is None
 
 
-def _intent_or_none(config: Mapping[str, str]) -> DeviceIntent | None:
-    try:
-        return parse_device(config)
-    except ConfigError:
-        return None
-
-
 class Lifecycle:
-    def __init__(self, engine: Engine, *, source: str = "cli") -> None:
+    def __init__(
+        self, engine: Engine, *, source: str = "cli", tables: TableSettings | None = None
+    ) -> None:
         self.engine = engine
         self.source = source
+        # Names are resolved when applied: a fresh lookup per Lifecycle.
+        self.tables = tables if tables is not None else host_table_settings(engine.rp_table)
+
+    def parse(self, config: Mapping[str, str]) -> DeviceIntent:
+        return parse_device(config, self.tables)
+
+    def _intent_or_none(self, config: Mapping[str, str]) -> DeviceIntent | None:
+        try:
+            return self.parse(config)
+        except ConfigError:
+            return None
 
     def start(
         self,
@@ -121,7 +128,7 @@ class Lifecycle:
             result = NicResult(nic.device, nic.host_name)
             out.nics.append(result)
             try:
-                intent = parse_device(nic.config)
+                intent = self.parse(nic.config)
             except ConfigError as err:
                 result.error = str(err)
                 problems_found.extend(f"device {nic.device}: {p}" for p in err.problems)
@@ -155,9 +162,9 @@ class Lifecycle:
         for old in previous:
             if old.host_name is not None and old.host_name not in current:
                 dp = (
-                    self.engine.plan_cleanup(old.host_name, _intent_or_none(old.config))
+                    self.engine.plan_cleanup(old.host_name, self._intent_or_none(old.config))
                     if dry_run
-                    else self.engine.cleanup(old.host_name, _intent_or_none(old.config))
+                    else self.engine.cleanup(old.host_name, self._intent_or_none(old.config))
                 )
                 out.nics.append(NicResult(old.device, old.host_name, dp.lines()))
 
@@ -193,7 +200,7 @@ class Lifecycle:
                     error,
                 )
                 out.error += f"; isolation of device {nic.device} failed: {error}"
-        if failed or any(_intent_or_none(n.config) is None for n in nics):
+        if failed or any(self._intent_or_none(n.config) is None for n in nics):
             out.error = _joined(out.error, self._resync())
         return out
 
@@ -201,7 +208,7 @@ class Lifecycle:
         """(changes, errors) of removing one NIC's routes. A failure of the
         whole is retried family by family, so that one family's trouble
         never keeps the other's routes in place."""
-        intent = _intent_or_none(nic.config)
+        intent = self._intent_or_none(nic.config)
         try:
             if dry_run:
                 return self.engine.plan_cleanup(nic.host_name, intent).lines(), []
@@ -255,7 +262,7 @@ class Lifecycle:
                     result.error = "; ".join(nic_errors)
                     errors.append(f"device {nic.device}: {result.error}")
             out.error = "; ".join(errors) or None
-            unknown = any(_intent_or_none(n.config) is None for n in nics)
+            unknown = any(self._intent_or_none(n.config) is None for n in nics)
             if not dry_run and (errors or unknown):
                 # Which rules the failed or unreadable NICs needed is not
                 # known for sure: resync them all.

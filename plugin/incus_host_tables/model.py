@@ -17,8 +17,11 @@ from typing import NamedTuple
 AF_INET: int = int(socket.AF_INET)
 AF_INET6: int = int(socket.AF_INET6)
 
+DEFAULT_TABLE = 253  # consulted by every lookup through the kernel's rule 32767
 MAIN_TABLE = 254
 LOCAL_TABLE = 255
+# The plugin's reverse-path table (host setting --rp-table), refused as a chosen table.
+DEFAULT_RP_TABLE = 1158
 
 # Default metrics the kernel gives a route without one; Incus uses them too.
 DEFAULT_PRIORITY: dict[int, int] = {AF_INET: 0, AF_INET6: 1024}

@@ -361,7 +361,11 @@ def load_policy(path: str, names: TableNames | None = None) -> Policy | None:
 
 
 def table_names() -> TableNames:
-    return no_table_names
+    """The host's iproute2 table names (rttables.py), so a policy may name
+    its tables as a device config may."""
+    from .rttables import SystemTableNames
+
+    return SystemTableNames().id_of
 
 
 class ActivePolicy:

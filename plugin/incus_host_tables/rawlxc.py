@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import sys
 
 from .locking import DEFAULT_RUN_DIR
 
 HOOK_KEYS = ("lxc.hook.start-host", "lxc.hook.post-stop")
+# The executable LXC runs: the stdlib-only hook client, installed by the
+# Debian package or by `incus-host-tables install`. Its path names no Python
+# version and no site-packages, so upgrading either never breaks a start.
+DEFAULT_HOOK = "/usr/libexec/incus-host-tables/hook"
+HOOK_SUFFIX = "/incus-host-tables/hook"
+# Hook lines of versions that named the interpreter and the module file.
+LEGACY_MARK = "incus_host_tables"
 
 
-def hook_command(python: str | None = None, run_dir: str | None = None) -> str:
-    """The command LXC runs: this installation's interpreter on the stdlib-only
-    hook client, so LXC's plain PATH and no virtualenv activation suffice.
-    LXC does not pass its daemon's environment on, so a non-default run
-    directory is written into the command."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hookclient.py")
-    command = f"{shlex.quote(python or sys.executable)} -I -S {shlex.quote(script)}"
+def hook_command(hook: str = DEFAULT_HOOK, run_dir: str | None = None) -> str:
+    """The command written into raw.lxc. LXC does not pass its daemon's
+    environment on, so a non-default run directory is written into it."""
+    command = shlex.quote(hook)
     if run_dir is not None and run_dir != DEFAULT_RUN_DIR:
         command += f" --run-dir {shlex.quote(run_dir)}"
     return command
@@ -25,7 +27,13 @@ def hook_command(python: str | None = None, run_dir: str | None = None) -> str:
 
 def _is_ours(line: str) -> bool:
     key, sep, value = line.partition("=")
-    return bool(sep) and key.strip() in HOOK_KEYS and "incus_host_tables" in value
+    if not sep or key.strip() not in HOOK_KEYS:
+        return False
+    try:
+        words = shlex.split(value)
+    except ValueError:  # unbalanced quotes: not a line we wrote
+        words = value.split()
+    return LEGACY_MARK in value or bool(words and words[0].endswith(HOOK_SUFFIX))
 
 
 def remove_hooks(raw: str) -> str:
@@ -35,7 +43,7 @@ def remove_hooks(raw: str) -> str:
 
 def add_hooks(raw: str, command: str) -> str:
     """``raw`` with exactly one copy of the plugin's hook lines; every other
-    line kept as it was."""
+    line kept as it was (hook lines of older versions are replaced)."""
     kept = remove_hooks(raw)
     return kept + "".join(f"{key} = {command}\n" for key in HOOK_KEYS)
 

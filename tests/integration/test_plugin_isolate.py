@@ -179,6 +179,9 @@ def test_reconcile_migrates_the_rules_of_earlier_versions(
     a4, a6 = "198.51.100.180", "2001:db8:180::1"
     plug.launch("iso180", devices={"eth0": routed("100", a4, a6)})
     assert plug.until(lambda: plug.rules() == plug.RP_RULES)
+    # The upgrade path: no daemon yet (a running one repairs stale rules at once).
+    daemon.stop()
+    plug.defer(lambda: daemon.running or daemon.start())
     for fam, suppress in (("-4", "31"), ("-6", "127")):
         old = ("rule", "add", "pref", "1100", "iif", "lo", "lookup", "100",
                "suppress_prefixlength", suppress, "proto", "158")  # fmt: skip

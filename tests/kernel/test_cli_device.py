@@ -70,9 +70,9 @@ def test_invalid_config_exits_1_lists_every_problem_and_changes_nothing(
 
 def test_table_out_of_range_is_invalid(started: NetNS) -> None:
     before = started.state()
-    proc = run_cli(started, "apply", "vh0", {**CONFIG, "user.ipv4.host_tables": "100,300"})
+    proc = run_cli(started, "apply", "vh0", {**CONFIG, "ipv4.host_tables": "100,300"})
     assert proc.returncode == 1
-    assert "table 300 is out of range" in proc.stderr
+    assert "ipv4.host_tables='100,300': table '300' is out of range 0-255" in proc.stderr
     assert started.state() == before
 
 
@@ -154,7 +154,7 @@ def test_rule_priority_option(started: NetNS) -> None:
     ]
     bad = run_cli(started, "apply", "vh0", CONFIG, "--rule-priority", "32766")
     assert bad.returncode == 2
-    assert "rule priority '32766' is out of range 1-32765" in bad.stderr
+    assert "--rule-priority '32766' is out of range 1-32765" in bad.stderr
 
 
 def test_rp_table_option(started: NetNS) -> None:
@@ -167,7 +167,7 @@ def test_rp_table_option(started: NetNS) -> None:
     before = started.state()
     bad = run_cli(started, "apply", "vh0", CONFIG, "--rp-table", "254")
     assert bad.returncode == 2
-    assert "reverse-path table '254' is one of the kernel's own tables" in bad.stderr
+    assert "--rp-table '254' is one of the kernel's own tables" in bad.stderr
     assert started.state() == before
 
 

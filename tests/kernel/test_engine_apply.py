@@ -4,7 +4,6 @@ rules exist, and what it leaves alone."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
@@ -340,20 +339,21 @@ def test_cleanup_removes_everything_of_the_device(
 
 
 def test_tables_above_255_reach_the_kernel(host: NetNS, make_engine: Callable[..., Engine]) -> None:
-    """The device keys stop at 254 (as upstream Incus validates them), but the
-    kernel takes 32-bit table IDs; an intent built directly may name one.
-    Moving 100,200 -> 300 must use RTA_TABLE / FRA_TABLE, not the 8-bit field."""
+    """The user. keys take 32-bit table IDs. Moving 100,200 -> 1001 must use
+    RTA_TABLE / FRA_TABLE, not the 8-bit field."""
     incus_routes(host, "vh0", [V4], [V6], table=100)
     engine = make_engine(host)
     engine.converge("vh0", intent(BOTH_100_200))
-    base = intent({"ipv4.address": V4, "ipv6.address": V6})
-    moved = replace(
-        base,
-        ipv4=replace(base.ipv4, tables=(300,)),
-        ipv6=replace(base.ipv6, tables=(300,)),
+    moved = intent(
+        {
+            "ipv4.address": V4,
+            "ipv6.address": V6,
+            "user.ipv4.host_tables": "1001",
+            "user.ipv6.host_tables": "1001",
+        }
     )
 
     engine.converge("vh0", moved)
 
-    assert_only_in(host, 300)
+    assert_only_in(host, 1001)
     assert not engine.plan_device("vh0", moved).plan

@@ -59,6 +59,13 @@ def test_every_problem_on_its_own_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(capsys.readouterr().err.splitlines()) == 3
 
 
-def test_validate_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate"]) == 2
-    assert capsys.readouterr().err == "error: name an instance, --all-projects, or --policy FILE\n"
+def test_validate_without_policy_asks_incus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No instance named and no --policy: every instance of the project, so
+    # Incus is asked (here: a socket that does not exist, exit 5).
+    missing = tmp_path / "no.sock"
+    assert main(["validate", "--socket", str(missing)]) == 5
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert str(missing) in captured.err

@@ -141,13 +141,10 @@ HUGE = "1" + "0" * 5000  # beyond Python's int-from-str digit limit
 
 # (value, a substring naming the offending value in the message)
 INVALID_ITEMS = [
-    pytest.param("0", "0", id="zero"),
     pytest.param("255", "255", id="local"),
-    pytest.param("256", "256", id="above-range"),
+    pytest.param("1158", "1158", id="rp-table"),
     pytest.param("4294967296", "4294967296", id="above-u32"),
     pytest.param(HUGE, "10000000", id="huge"),
-    pytest.param("010", "010", id="leading-zero"),
-    pytest.param("00", "00", id="double-zero"),
     pytest.param("+5", "+5", id="plus-sign"),
     pytest.param("-5", "-5", id="minus-sign"),
     pytest.param("0x10", "0x10", id="hex"),
@@ -157,9 +154,9 @@ INVALID_ITEMS = [
     pytest.param("\uff11\uff12", "\uff11\uff12", id="fullwidth-digits"),
     pytest.param("\u0661\u0662", "\u0661\u0662", id="arabic-indic-digits"),
     pytest.param("\u00b2", "\u00b2", id="superscript"),
-    pytest.param("main", "main", id="name"),
     pytest.param("1 2", "1 2", id="inner-space"),
     pytest.param("1;2", "1;2", id="semicolon"),
+    pytest.param("253", "253", id="default-without-main"),
 ]
 INVALID_LISTS = [
     pytest.param("1,,2", "1,,2", id="empty-item"),
@@ -202,7 +199,7 @@ def test_legacy_key_takes_one_table(family: Family, value: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("key", ALL_KEYS)
+@pytest.mark.parametrize("key", LIST_KEYS)
 def test_zero_suggests_main(family: Family, key: str) -> None:
     message = str(config_error(resolve_tables, {key.format(f=family): "0"}, family))
     assert "254" in message
@@ -213,7 +210,7 @@ def test_zero_suggests_main(family: Family, key: str) -> None:
 def test_leading_zero_hint_is_a_valid_table(family: Family, value: str) -> None:
     """A message that says "write N" must not point at a table that is itself
     rejected (0, 255, >255)."""
-    key = NATIVE.format(f=family)
+    key = USER.format(f=family)
     message = str(config_error(resolve_tables, {key: value}, family))
     assert_names(message, key, value)
     hint = re.search(r"write (\d+)", message)
@@ -438,7 +435,6 @@ IGNORED = {
     "ipv4.gateway": "none",
     "ipv6.gateway": "bogus",
     "user.comment": "ipv4.host_tables=0",
-    "user.ipv4.host_table": "0",
     "security.mac_filtering": "maybe",
 }
 
@@ -481,10 +477,10 @@ def test_problems_of_every_table_key_are_collected(family: Family) -> None:
     device = {
         NATIVE.format(f=family): "0",
         USER.format(f=family): "abc",
-        LEGACY.format(f=family): "256",
+        LEGACY.format(f=family): "4294967296",
     }
     problems = validate_device(device)
-    for key, value in [(NATIVE, "0"), (USER, "abc"), (LEGACY, "256")]:
+    for key, value in [(NATIVE, "0"), (USER, "abc"), (LEGACY, "4294967296")]:
         assert any(key.format(f=family) + "=" in p and value in p for p in problems), problems
 
 

@@ -14,12 +14,17 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-lxd"
 
 
 def fake_tools(bindir: Path, calls: Path) -> None:
-    """`dpkg -s` says nothing is installed; `apt-get` only records."""
+    """`dpkg -s` says nothing is installed; `apt-get` only records; `id`
+    says root (the script stops non-root users before its daemon check, and
+    the unit tier runs as any user)."""
     bindir.mkdir()
     for tool, rc in (("dpkg", 1), ("apt-get", 0)):
         path = bindir / tool
         path.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit {rc}\n')
         path.chmod(0o755)
+    fake_id = bindir / "id"
+    fake_id.write_text("#!/bin/sh\necho 0\n")
+    fake_id.chmod(0o755)
 
 
 def test_refuses_while_an_incus_daemon_runs(tmp_path: Path) -> None:

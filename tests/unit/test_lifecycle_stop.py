@@ -33,6 +33,7 @@ class FakeEngine:
 
     def __init__(self, fail: Mapping[tuple[str | None, frozenset[int] | None], Exception]) -> None:
         self.fail = fail
+        self.rp_table = 1158
         self.cleaned: list[tuple[str | None, frozenset[int] | None]] = []
         self.resyncs = 0
         self.resync_error: Exception | None = None

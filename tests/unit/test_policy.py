@@ -16,6 +16,7 @@ from incus_host_tables.policy import (
     load_policy,
     parse_policy,
 )
+from incus_host_tables.rttables import SystemTableNames
 
 SOURCE = "/etc/incus-host-tables/policy.yaml"
 NAMES = {"tenant-a": 101, "main": 254}.get
@@ -248,3 +249,18 @@ def test_policy_path_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     active.use(None)
     assert active.path == "/etc/incus-host-tables/policy.yaml"
     assert os.path.isabs(active.path)
+
+
+def test_policy_tables_take_the_hosts_iproute2_names(tmp_path: Path) -> None:
+    # The same reader as the device keys (rttables.py): a name the host's
+    # rt_tables defines is its ID in the policy.
+    etc, usr = tmp_path / "etc", tmp_path / "usr"
+    etc.mkdir()
+    usr.mkdir()
+    (etc / "rt_tables").write_text("101 tenant-a\n")
+    names = SystemTableNames(str(etc), str(usr)).id_of
+    pol = parse_policy("projects:\n  p: {tables: [tenant-a, 100]}\n", SOURCE, names)
+    assert pol.allowed_tables("p") == {100, 101}
+    with pytest.raises(PolicyError) as err:
+        parse_policy("projects:\n  p: {tables: [tenant-z]}\n", SOURCE, names)
+    assert any("tenant-z" in p for p in err.value.problems), err.value.problems

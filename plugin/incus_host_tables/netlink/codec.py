@@ -45,6 +45,7 @@ RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWRULE = 32
 RTM_DELRULE = 33
@@ -72,6 +73,14 @@ FRA_PROTOCOL = 21
 FR_ACT_TO_TBL = 1
 
 IFLA_IFNAME = 3
+IFF_UP = 0x1
+
+# multicast groups of the notifications (<linux/rtnetlink.h> rtnetlink_groups)
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV4_RULE = 8
+RTNLGRP_IPV6_ROUTE = 11
+RTNLGRP_IPV6_RULE = 19
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -79,6 +88,9 @@ RTMSG = struct.Struct("=BBBBBBBBI")  # also fib_rule_hdr: same size and layout
 RTATTR = struct.Struct("=HH")
 U32_ATTR = struct.Struct("=HHI")
 NLMSGERR = struct.Struct("=i")
+# Netlink speaks the host's byte order: every multi-byte field goes through
+# a "=" (native order, standard sizes) struct, never a fixed order.
+U32 = struct.Struct("=I")
 HDR = NLMSGHDR.size
 BODY = RTMSG.size
 
@@ -87,6 +99,7 @@ _pack_u32_attr = U32_ATTR.pack
 _unpack_hdr = NLMSGHDR.unpack_from
 _unpack_rtattr = RTATTR.unpack_from
 _unpack_rtmsg = RTMSG.unpack_from
+_unpack_u32 = U32.unpack_from
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -189,14 +202,32 @@ def decode_error(buf: bytes | memoryview, start: int, end: int, flags: int) -> t
         # body unless the kernel capped it; then the ack attributes.
         orig_len = _unpack_hdr(buf, start + 4)[0]
         pos = start + 4 + (HDR if flags & NLM_F_CAPPED else (orig_len + 3) & ~3)
-        while pos + 4 <= end:
-            alen, atype = _unpack_rtattr(buf, pos)
-            if alen < 4:
-                break
+        for atype, value_start, value_end in attributes(buf, pos, end):
             if atype == NLMSGERR_ATTR_MSG:
-                text = bytes(buf[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
-            pos += (alen + 3) & ~3
+                text = _text(buf[value_start:value_end])
     return -error, text
+
+
+def attributes(buf: bytes | memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, value start, value end) of each attribute from ``pos`` to ``end``."""
+    while pos + 4 <= end:
+        alen, atype = _unpack_rtattr(buf, pos)
+        if alen < 4:
+            return
+        yield atype, pos + 4, pos + alen
+        pos += (alen + 3) & ~3
+
+
+def _text(value: bytes | memoryview) -> str:
+    return bytes(value).rstrip(b"\0").decode(errors="replace")
+
+
+def _u32_attr(buf: bytes | memoryview, pos: int, alen: int) -> int:
+    """The 32-bit value of the attribute at ``pos``, in the host's order
+    (a truncated one reads as what it holds)."""
+    if alen >= 8:
+        return int(_unpack_u32(buf, pos + 4)[0])
+    return int.from_bytes(buf[pos + 4 : pos + alen], sys.byteorder)
 
 
 def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
@@ -215,11 +246,11 @@ def decode_route(buf: bytes | memoryview, start: int, end: int) -> KernelRoute:
         if atype == RTA_DST:
             dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == RTA_OIF:
-            oif = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            oif = _u32_attr(buf, pos, alen)
         elif atype == RTA_TABLE:
-            table = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            table = _u32_attr(buf, pos, alen)
         elif atype == RTA_PRIORITY:
-            priority = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            priority = _u32_attr(buf, pos, alen)
         elif atype == RTA_GATEWAY:
             gateway = bytes(buf[pos + 4 : pos + alen])
         pos += (alen + 3) & ~3
@@ -240,18 +271,18 @@ def decode_rule(buf: bytes | memoryview, start: int, end: int) -> KernelRule:
         alen, atype = _unpack_rtattr(buf, pos)
         if alen < 4:
             break
-        value = buf[pos + 4 : pos + alen]
         if atype == FRA_DST:
-            dst = bytes(value)
+            dst = bytes(buf[pos + 4 : pos + alen])
         elif atype == FRA_TABLE:
-            table = int.from_bytes(value[:4], "little")
+            table = _u32_attr(buf, pos, alen)
         elif atype == FRA_PRIORITY:
-            priority = int.from_bytes(value[:4], "little")
+            priority = _u32_attr(buf, pos, alen)
         elif atype == FRA_SUPPRESS_PREFIXLEN:
-            raw = int.from_bytes(value[:4], "little", signed=True)
+            raw = _u32_attr(buf, pos, alen)
+            raw -= (raw >> 31) << 32  # a signed value
             suppress = None if raw == -1 else raw
         elif atype == FRA_PROTOCOL:
-            protocol = value[0]
+            protocol = buf[pos + 4]
         pos += (alen + 3) & ~3
     rule = Rule(family, table, priority, dst, dst_len if dst is not None else 0, suppress)
     return KernelRule(rule, protocol, bytes(buf[start:end]))
@@ -264,6 +295,16 @@ def link_request(seq: int, ifname: str) -> bytes:
 
 def decode_link_index(buf: bytes | memoryview, start: int) -> int:
     return int(IFINFOMSG.unpack_from(buf, start)[2])
+
+
+def decode_link(buf: bytes | memoryview, start: int, end: int) -> tuple[int, int, str]:
+    """(index, flags, name) of an RTM_NEWLINK/RTM_DELLINK."""
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, start)
+    name = ""
+    for atype, value_start, value_end in attributes(buf, start + IFINFOMSG.size, end):
+        if atype == IFLA_IFNAME:
+            name = _text(buf[value_start:value_end])
+    return index, flags, name
 
 
 # -- bulk encoding --------------------------------------------------------------
@@ -280,8 +321,6 @@ def decode_link_index(buf: bytes | memoryview, start: int) -> int:
 _ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)
 _ROUTE_DST = itemgetter(2)
 _WORD = 4  # the columns are 32-bit words: every field that varies is one or more
-# route_body lays out: rtmsg, RTA_TABLE (8 bytes), RTA_DST header, the address.
-_DST_AT = HDR + BODY + 8 + 4
 _RTM_FLAGS_WORD = 2  # rtm_flags: bytes 8-11 of an rtmsg
 
 
@@ -289,10 +328,19 @@ def _words(data: bytearray | bytes) -> memoryview:
     return memoryview(data).cast("I")
 
 
+def attribute_offset(msg: bytes, start: int, kind: int) -> int:
+    """Offset in ``msg`` of the value of its first attribute ``kind``
+    (attributes from ``start`` on)."""
+    for atype, value_start, _end in attributes(msg, start, len(msg)):
+        if atype == kind:
+            return value_start
+    raise ValueError(f"no attribute {kind} in the message")
+
+
 def masked_rtm_flags(body: bytes, mask: int) -> bytes:
     """``body`` (an rtmsg and its attributes) with rtm_flags ANDed with ``mask``."""
-    flags = int.from_bytes(body[8:12], sys.byteorder) & mask
-    return body[:8] + flags.to_bytes(4, sys.byteorder) + body[12:]
+    flags = U32.unpack_from(body, 8)[0] & mask
+    return body[:8] + U32.pack(flags) + body[12:]
 
 
 class Batch:
@@ -371,13 +419,12 @@ class Batch:
                     self.add(kind, flags, route_body(r, oif, protocol))
                 continue
             template = message(kind, flags, 0, route_body(run[0], oif, protocol))
-            if template[_DST_AT : _DST_AT + dst_len] != dsts[0]:  # route_body changed?
-                raise AssertionError("route_body no longer has the address at _DST_AT")
+            dst_at = attribute_offset(template, HDR + BODY, RTA_DST)  # route_body's own layout
             n, stride = len(run), len(template) // _WORD
             block = bytearray(template) * n
             words = _words(block)
             words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
-            self._fill(words, stride, _DST_AT // _WORD, b"".join(dsts), dst_len // _WORD)
+            self._fill(words, stride, dst_at // _WORD, b"".join(dsts), dst_len // _WORD)
             self._append_block(len(template), bytes(block))
 
     @staticmethod
@@ -607,7 +654,7 @@ class _RouteLayout:
         return good
 
 
-_U32 = struct.Struct("=I")
+_U32 = U32
 
 
 def _u32s(column: bytes) -> list[int]:

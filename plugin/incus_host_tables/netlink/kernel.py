@@ -275,6 +275,11 @@ class Netlink:
         self._sock.close()
         self._sock2.close()
 
+    def ports(self) -> tuple[int, int]:
+        """The netlink ports of this object's sockets: the kernel's
+        notifications of the changes made through them carry these."""
+        return self._sock.getsockname()[0], self._sock2.getsockname()[0]
+
     def __enter__(self) -> Netlink:
         return self
 
