@@ -14,7 +14,9 @@ from . import streams
 from .exitcodes import ExitCode
 
 if TYPE_CHECKING:
+    from .commands import KernelRules
     from .config import TableSettings
+    from .policy import Policy
 
 EXIT_OK = ExitCode.OK
 EXIT_INVALID = ExitCode.INVALID
@@ -52,7 +54,6 @@ def _resync_interval(text: str) -> int:
         return parse_decimal("resync interval", text, 1, 86400)
     except NumberError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
 
 
 def parse_rp_table(what: str, text: str) -> int:
@@ -108,6 +109,15 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return key, value
+
+
+def _policy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="PATH",
+        help="tenant policy file (default $INCUS_HOST_TABLES_POLICY, else "
+        "/etc/incus-host-tables/policy.yaml; no file: no restriction)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,9 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
             default="table",
             help="table (default, for people), json, yaml or csv",
         )
+        _policy_option(p)
         return p
 
-    instance_parser("validate", "list every problem and warning of routed NICs", target="many")
+    instance_parser(
+        "validate",
+        "list every problem and warning of routed NICs; with --policy alone, check the policy file",
+        target="many",
+    )
     instance_parser("plan", "print what apply would change; change nothing", target="many")
     instance_parser("apply", "converge an instance's host routes and rules", target="one")
     instance_parser("cleanup", "remove an instance's host routes and rules", target="one")
@@ -256,12 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the metrics to PATH (atomically, every 15 s) for "
         "node_exporter's textfile collector",
     )
+    _policy_option(watch)
 
     sub.add_parser(
         "metrics",
         help="print the running daemon's metrics (Prometheus text format)",
         description="print the running daemon's metrics (Prometheus text format)",
     )
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the host: forwarding, Incus, daemon, hooks, policy rules, policy file",
+        description="One line per check: ok, warn or fail, and what to do. "
+        "Exit 0 all ok, 1 warnings, 2 failures.",
+    )
+    doctor.add_argument("--format", choices=("table", "json"), default="table")
+    doctor.add_argument("--socket", help="Incus/LXD unix socket (default: found automatically)")
+    _policy_option(doctor)
 
     hook = sub.add_parser("hook", help="run an LXC hook (called by the hook client)")
     hook.add_argument("type", help="LXC hook type (start-host, post-stop, stop)")
@@ -382,8 +408,15 @@ def _watch(args: argparse.Namespace) -> int:
     from .daemon import Daemon
     from .hookserver import AlreadyRunning
     from .logsetup import setup_logging
+    from .policy import ACTIVE, PolicyError
 
     setup_logging(args.verbose)
+    ACTIVE.use(args.policy)
+    try:
+        ACTIVE.load()  # the daemon logs which policy is in force once it serves
+    except PolicyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         daemon = Daemon(
             socket=args.socket,
@@ -414,6 +447,40 @@ def _metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_code, gather, judge, render
+    from .policy import ACTIVE
+
+    ACTIVE.use(args.policy)
+    checks = judge(gather(ACTIVE, socket_path=args.socket, rp_table=args.rp_table))
+    print(render(checks, args.format))
+    return exit_code(checks)
+
+
+def _load_policy(args: argparse.Namespace) -> tuple[bool, Policy | None]:
+    """(usable, policy) of --policy or the default file; a bad file is
+    printed, problem by problem."""
+    from .policy import ACTIVE, PolicyError
+
+    ACTIVE.use(getattr(args, "policy", None))
+    try:
+        return True, ACTIVE.load()
+    except PolicyError as err:
+        for problem in err.problems:
+            print(f"error: policy {err.source}: {problem}", file=sys.stderr)
+        return False, None
+
+
+def _kernel_rules() -> KernelRules:
+    from .doctor import kernel_policy_rules
+
+    try:
+        return kernel_policy_rules()
+    except OSError as err:
+        print(f"warning: policy rules not checked: {err}", file=sys.stderr)
+        return {}
+
+
 def _instances(args: argparse.Namespace) -> int:
     import logging
 
@@ -428,6 +495,28 @@ def _instances(args: argparse.Namespace) -> int:
     # log lines are for the daemon's and the hooks' logs.
     logging.getLogger("incus-host-tables").addHandler(logging.NullHandler())
     command = None  # the hook command `enable` writes; checked before Incus is asked
+    policy: Policy | None = None
+    if args.command not in ("enable", "disable"):
+        usable, policy = _load_policy(args)
+        if not usable:
+            if args.command == "status":
+                print(
+                    "warning: a running daemon keeps its last good policy; "
+                    "violations below are not judged",
+                    file=sys.stderr,
+                )
+            else:
+                return EXIT_INVALID  # nothing changed
+        if (
+            args.command == "validate"
+            and args.policy is not None
+            and not args.instance
+            and not args.all_projects
+        ):
+            described = "no such file: no restriction" if policy is None else "valid"
+            count = "" if policy is None else f", {len(policy.projects)} project(s)"
+            print(f"policy {args.policy}: {described}{count}")
+            return EXIT_OK
     try:
         if args.command == "enable":
             from .snap import enable_refusal
@@ -455,11 +544,13 @@ def _instances(args: argparse.Namespace) -> int:
         fmt = Format(args.format)
         tables = _table_settings(args)
         if args.command == "validate":
-            return commands.validate(snapshots, tables, fmt)
+            return commands.validate(snapshots, tables, fmt, policy, _kernel_rules())
         engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
         try:
             if args.command == "status":
-                rows = commands.status(engine, snapshots, tables, SystemTableNames())
+                rows = commands.status(
+                    engine, snapshots, tables, SystemTableNames(), policy, _kernel_rules()
+                )
                 commands.print_status(rows, fmt)
                 if args.check and not all(row.fine for row in rows):
                     return EXIT_INVALID
@@ -505,6 +596,8 @@ def _run(args: argparse.Namespace) -> int:
         return hostsetup.uninstall(args.root, args.socket, args.hooks_only)
     if args.command == "metrics":
         return _metrics(args)
+    if args.command == "doctor":
+        return _doctor(args)
     return _instances(args)
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from types import MappingProxyType
 
 from . import problems
 from .config import ConfigError, DeviceIntent, TableSettings, check_device, parse_device
@@ -17,7 +18,14 @@ from .formats import Format, render
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
 from .model import LOCAL_TABLE, Rule
+from .policy import Policy, device_violations
 from .rttables import SystemTableNames
+from .rulecheck import PolicyRule, intent_warnings
+
+# The kernel's policy rules per family (doctor.kernel_policy_rules), for the
+# main-domain warnings; empty when they could not be read.
+KernelRules = Mapping[int, Sequence[PolicyRule]]
+NO_RULES: KernelRules = MappingProxyType({})
 
 EXIT_OK = ExitCode.OK
 EXIT_PROBLEM = ExitCode.INVALID
@@ -67,11 +75,24 @@ def _emit(records: list[Record], fmt: Format, table_lines: Callable[[], None]) -
         sys.stdout.write(render([r.as_dict() for r in records], fmt, RECORD_FIELDS))
 
 
-def validate(snapshots: list[InstanceSnapshot], tables: TableSettings, fmt: Format) -> int:
+def validate(
+    snapshots: list[InstanceSnapshot],
+    tables: TableSettings,
+    fmt: Format,
+    policy: Policy | None = None,
+    rules: KernelRules = NO_RULES,
+) -> int:
+    """Every problem (config, tenant policy) and warning (config, policy
+    rules that let main-domain traffic into a chosen table) of the
+    instances' NICs."""
     records: list[Record] = []
     for snap in snapshots:
         for nic in snap.nics:
             found, warnings = check_device(nic.config, tables)
+            if not found:
+                intent = parse_device(nic.config, tables)
+                found = device_violations(policy, snap.project, nic.device, nic.config, intent)
+                warnings = [*warnings, *intent_warnings(rules, intent)]
             who = f"{snap.project}/{snap.name}"
             records += [Record(who, nic.device, RecordKind.ERROR, p) for p in found]
             records += [Record(who, nic.device, RecordKind.WARNING, w) for w in warnings]
@@ -222,6 +243,8 @@ def status(
     snapshots: list[InstanceSnapshot],
     tables: TableSettings,
     names: SystemTableNames | None = None,
+    policy: Policy | None = None,
+    rules: KernelRules = NO_RULES,
 ) -> list[DeviceStatus]:
     """What each routed NIC asks for against what the kernel holds.
 
@@ -229,12 +252,15 @@ def status(
     error (invalid config, or a refusal/isolation recorded by a hook, the
     daemon or the CLI and not yet cleared by a successful apply).
     """
-    rules = {kr.rule for kr in engine.plugin_rules()}
+    plugin_rules = {kr.rule for kr in engine.plugin_rules()}
     rows: list[DeviceStatus] = []
     for snap in snapshots:
         problem = problems.read(snap.project, snap.name)
         for nic in snap.nics:
-            row = _device_status(engine, snap, nic.device, nic.config, nic.host_name, rules, tables)
+            row = _device_status(
+                engine, snap, nic.device, nic.config, nic.host_name, plugin_rules, tables
+            )
+            _judge_policy(row, policy, rules, snap.project, nic.config, tables)
             if problem is not None:
                 row.state = "error"
                 row.detail = row.detail or str(problem.get("message"))
@@ -246,6 +272,27 @@ def status(
                             fam.table_names[str(table)] = name
             rows.append(row)
     return rows
+
+
+def _judge_policy(
+    row: DeviceStatus,
+    policy: Policy | None,
+    rules: KernelRules,
+    project: str,
+    config: Mapping[str, str],
+    tables: TableSettings,
+) -> None:
+    """Tenant-policy violations make the row an error; policy rules that let
+    main-domain traffic into a chosen table are warnings."""
+    try:
+        intent = parse_device(config, tables)
+    except ConfigError:
+        return  # already an error
+    violations = device_violations(policy, project, row.device, config, intent)
+    if violations:
+        row.state = "error"
+        row.detail = "policy violation: " + "; ".join(violations)
+    row.warnings += intent_warnings(rules, intent)
 
 
 def _device_status(

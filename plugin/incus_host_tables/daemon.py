@@ -35,10 +35,28 @@ from .lifecycle import Lifecycle, Nic, Outcome
 from .lxcconf import LxcConfError, parse_lxc_name
 from .metrics import Metrics
 from .netlink.kernel import Netlink
+from .policy import ACTIVE as ACTIVE_POLICY
+from .policy import PolicyError
+from .policywatch import PolicyWatcher
 from .repair import DEFAULT_RESYNC_INTERVAL, ManagedDevice, Repairer, RepairReason
 from .sdnotify import ServiceNotifier
 
 log = logging.getLogger("incus-host-tables")
+
+
+def _log_policy() -> None:
+    """Which tenant policy is in force (logged once the hooks are served, so
+    a second daemon's refusal stays one line)."""
+    try:
+        policy = ACTIVE_POLICY.current()
+    except PolicyError as err:
+        log.warning("%s; refusing every routed NIC until it is fixed", err)
+        return
+    if policy is None:
+        log.info("no policy file at %s: no tenant restriction", ACTIVE_POLICY.path)
+    else:
+        log.info("policy %s in force: %d project(s)", ACTIVE_POLICY.path, len(policy.projects))
+
 
 SYNC_ACTIONS = {
     "instance-started",
@@ -335,6 +353,10 @@ class Daemon:
             signal.signal(sig, lambda *_: self.stop())
         # Subscribed to the kernel's notifications before the first reconcile.
         self.repairer.start()
+        # Tenant policy (policywatch.py): a new policy re-evaluates every instance.
+        policy_watcher = PolicyWatcher(ACTIVE_POLICY)
+        _log_policy()
+        policy_watcher.start(lambda: self._pool.submit(self._on_connected))
         log.info("watching Incus events; hooks served on %s", server.path)
         events = threading.Thread(target=self.watch_events, name="events", daemon=True)
         events.start()
@@ -343,6 +365,7 @@ class Daemon:
         while not self._stop.wait(TEXTFILE_INTERVAL if self.metrics_textfile else 1.0):
             self.write_textfile()
         notifier.stopping()
+        policy_watcher.stop()
         server.close()
         events.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -328,6 +328,29 @@ class IncusClient:
             raise IncusError(f"unexpected profile data for {name!r}")
         return data, str(response.headers.get("ETag") or "")
 
+    # -- host checks (doctor)
+
+    def server_info(self) -> dict[str, Any]:
+        """``GET /1.0``: server name and version, API extensions."""
+        data = self._get(self._client.api)
+        if not isinstance(data, dict):
+            raise IncusError("unexpected server data from the API")
+        return data
+
+    def instance_configs(self) -> list[tuple[InstanceSnapshot, dict[str, str], dict[str, str]]]:
+        """Every instance of every project with its own and its expanded
+        config (``raw.lxc`` of the instance itself vs. the one it runs with)."""
+        params = {"recursion": "1", "all-projects": "true"}
+        data = self._get(self._client.api.instances, params)
+        if not isinstance(data, list):
+            raise IncusError("unexpected instance list from the API")
+        out = []
+        for item in data:
+            own = {str(k): str(v) for k, v in (item.get("config") or {}).items()}
+            expanded = {str(k): str(v) for k, v in (item.get("expanded_config") or {}).items()}
+            out.append((snapshot_from_api(item), own, expanded))
+        return out
+
     # -- events
 
     def subscribe(

@@ -23,6 +23,7 @@ from .facts import FAMILIES
 from .locking import instance_lock
 from .model import AF_INET
 from .netlink.kernel import ApplyError, NetlinkError
+from .policy import ACTIVE as ACTIVE_POLICY
 from .rttables import host_table_settings
 
 log = logging.getLogger("incus-host-tables")
@@ -122,6 +123,7 @@ class Lifecycle:
         out = Outcome(project, name, Action.PLAN if dry_run else Action.APPLY)
         intents: dict[str, DeviceIntent] = {}
         problems_found: list[str] = []
+        denied: list[str] = []  # tenant policy (policy.py): refused like an invalid config
         for nic in nics:
             result = NicResult(nic.device, nic.host_name)
             out.nics.append(result)
@@ -136,6 +138,11 @@ class Lifecycle:
                 result.error = "; ".join(refused)
                 problems_found.extend(f"device {nic.device}: {p}" for p in refused)
                 continue
+            violations = ACTIVE_POLICY.violations(project, nic.device, nic.config, intent)
+            if violations:
+                result.error = "; ".join(violations)
+                denied.extend(violations)
+                continue
             result.warnings.extend(intent.warnings)
             for warning in intent.warnings:
                 log.warning("%s/%s device %s: %s", project, name, nic.device, warning)
@@ -143,10 +150,12 @@ class Lifecycle:
             if nic.host_name is None:
                 result.error = "no host interface (volatile host_name unset)"
                 problems_found.append(f"device {nic.device}: {result.error}")
-        if problems_found:
-            return self._fail(
-                out, nics, "invalid configuration: " + "; ".join(problems_found), dry_run
+        if problems_found or denied:
+            reasons = (
+                ["invalid configuration: " + "; ".join(problems_found)] if problems_found else []
             )
+            reasons += ["policy violation: " + "; ".join(denied)] if denied else []
+            return self._fail(out, nics, "; ".join(reasons), dry_run)
 
         nic_results = list(out.nics)
         current = {nic.host_name for nic in nics}
