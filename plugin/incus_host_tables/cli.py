@@ -18,12 +18,6 @@ if TYPE_CHECKING:
     from .config import TableSettings
     from .policy import Policy
 
-EXIT_OK = ExitCode.OK
-EXIT_INVALID = ExitCode.INVALID
-EXIT_USAGE = ExitCode.USAGE
-EXIT_APPLY_FAILED = ExitCode.APPLY_FAILED
-EXIT_UNDO_FAILED = ExitCode.UNDO_FAILED
-EXIT_ENVIRONMENT = ExitCode.ENVIRONMENT
 
 
 RULE_PRIORITY_ENV = "INCUS_HOST_TABLES_RULE_PRIORITY"
@@ -37,7 +31,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, like every other error; `--help` shows the usage.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def parse_rule_priority(what: str, text: str) -> int:
@@ -309,14 +303,14 @@ def _device(args: argparse.Namespace) -> int:
     for key, value in args.config:
         if key in config:
             print(f"error: {key} given twice", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         config[key] = value
     try:
         intent = parse_device(config, _table_settings(args))
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     if args.format == "table":
         for warning in intent.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -325,7 +319,7 @@ def _device(args: argparse.Namespace) -> int:
         engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     except PermissionError as err:
         print(f"error: netlink: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     try:
         if args.action == "cleanup":
             dp = engine.cleanup(args.host_name, intent)
@@ -334,19 +328,21 @@ def _device(args: argparse.Namespace) -> int:
     except ConfigError as err:  # valid alone, not on this host (the reverse-path table)
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     except InterfaceMissing as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     except ApplyError as err:
         print(f"error: {err}", file=sys.stderr)
         if not err.rolled_back:
-            return EXIT_UNDO_FAILED
+            return ExitCode.UNDO_FAILED
         # Refused for lack of privilege: the environment, not the change.
-        return EXIT_ENVIRONMENT if err.errno in (errno.EPERM, errno.EACCES) else EXIT_APPLY_FAILED
+        if err.errno in (errno.EPERM, errno.EACCES):
+            return ExitCode.ENVIRONMENT
+        return ExitCode.APPLY_FAILED
     except PermissionError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     finally:
         engine.close()
     lines = dp.lines() if args.full else dp.summary()
@@ -359,12 +355,12 @@ def _device(args: argparse.Namespace) -> int:
             for text in texts
         ]
         sys.stdout.write(render(records, Format(args.format), ("interface", "kind", "text")))
-        return EXIT_OK
+        return ExitCode.OK
     if args.action == "plan" and not lines:
         lines = ["no changes"]
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _hook(args: argparse.Namespace) -> int:
@@ -380,19 +376,19 @@ def _hook(args: argparse.Namespace) -> int:
     if hook not in START_HOOKS + STOP_HOOKS:
         known = ", ".join(START_HOOKS + STOP_HOOKS)
         print(f"incus-host-tables: unsupported hook type {hook!r} ({known})", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     lxc_name = os.environ.get("LXC_NAME", "")
     if not lxc_name:
         print(
             "incus-host-tables: LXC_NAME is not set: `hook` runs as an LXC hook only",
             file=sys.stderr,
         )
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     try:
         parse_lxc_name(lxc_name)
     except LxcConfError as err:
         print(f"incus-host-tables: LXC_NAME: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     engine = Engine(rule_priority=args.rule_priority, rp_table=args.rp_table)
     try:
         out = run_hook(engine, hook, lxc_name, os.environ.get("LXC_CONFIG_FILE", ""))
@@ -400,8 +396,8 @@ def _hook(args: argparse.Namespace) -> int:
         engine.close()
     if not out.ok:
         print(f"incus-host-tables: {out.error}", file=sys.stderr)
-        return EXIT_INVALID
-    return EXIT_OK
+        return ExitCode.INVALID
+    return ExitCode.OK
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -416,7 +412,7 @@ def _watch(args: argparse.Namespace) -> int:
         ACTIVE.load()  # the daemon logs which policy is in force once it serves
     except PolicyError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     try:
         daemon = Daemon(
             socket=args.socket,
@@ -428,7 +424,7 @@ def _watch(args: argparse.Namespace) -> int:
         return daemon.run()
     except AlreadyRunning as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
 
 
 def _metrics(args: argparse.Namespace) -> int:
@@ -439,12 +435,12 @@ def _metrics(args: argparse.Namespace) -> int:
         text = ask_metrics()
     except OSError as err:
         print(f"error: no daemon answers on {run_dir()}: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     except ValueError as err:
         print(f"error: the daemon refused: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     sys.stdout.write(text.decode())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -506,7 +502,7 @@ def _instances(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             else:
-                return EXIT_INVALID  # nothing changed
+                return ExitCode.INVALID  # nothing changed
         if (
             args.command == "validate"
             and args.policy is not None
@@ -516,7 +512,7 @@ def _instances(args: argparse.Namespace) -> int:
             described = "no such file: no restriction" if policy is None else "valid"
             count = "" if policy is None else f", {len(policy.projects)} project(s)"
             print(f"policy {args.policy}: {described}{count}")
-            return EXIT_OK
+            return ExitCode.OK
     try:
         if args.command == "enable":
             from .snap import enable_refusal
@@ -524,12 +520,12 @@ def _instances(args: argparse.Namespace) -> int:
             refusal = enable_refusal(args.socket)
             if refusal is not None:
                 print(f"error: {refusal}", file=sys.stderr)
-                return EXIT_ENVIRONMENT
+                return ExitCode.ENVIRONMENT
             command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
         client = IncusClient(args.socket)
     except (IncusError, profiles.HookMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     try:
         if args.command in ("enable", "disable"):
             refs = (
@@ -553,8 +549,8 @@ def _instances(args: argparse.Namespace) -> int:
                 )
                 commands.print_status(rows, fmt)
                 if args.check and not all(row.fine for row in rows):
-                    return EXIT_INVALID
-                return EXIT_OK
+                    return ExitCode.INVALID
+                return ExitCode.OK
             return commands.act(
                 engine,
                 snapshots,
@@ -567,7 +563,7 @@ def _instances(args: argparse.Namespace) -> int:
             engine.close()
     except IncusError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     finally:
         client.close()
 
@@ -609,14 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except UsageError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     except OSError as err:
         # The run directory, netlink, a socket: the environment, not the input.
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
 
 
 if __name__ == "__main__":

@@ -466,10 +466,12 @@ class Repairer:
                 f"{guard.tries} repairs, each undone again within {guard.window:g} s: "
                 f"something keeps undoing it; last: {drift.what}"
             )
+            # Recorded before it shows as parked: whoever sees it given up
+            # finds the reason in `status` too.
+            problems.record(device.project, device.instance, message, PROBLEM_SOURCE)
             self._parked[index] = message
         self.metrics.repairs_abandoned.inc()
         log.error("%s/%s: %s", device.project, device.instance, message)
-        problems.record(device.project, device.instance, message, PROBLEM_SOURCE)
 
     def _repair_rules(self, drift: Drift) -> None:
         """Resync the rules. Fought over, they are left until the next full

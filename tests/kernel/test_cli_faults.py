@@ -7,12 +7,15 @@ as a process (inside a namespace where it touches the kernel)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+import incus_host_tables
 
 from .helpers import PYTHON, NetNS, cli_argv, incus_routes, run_cli
 
@@ -165,18 +168,25 @@ def test_permission_denied_is_an_environment_error(host: NetNS, tmp_path: Path) 
     directory the user may not enter is refused before that (exit 5)."""
     incus_routes(host, "vh0", [V4], [], table=None)
     before = host.state()
+    os.chmod(tmp_path, 0o755)
+    # The checkout may lie where the unprivileged user cannot read it (a
+    # clone under /root): that user runs a readable copy of the package.
+    readable = tmp_path / "pkg"
+    shutil.copytree(Path(incus_host_tables.__file__).parent, readable / "incus_host_tables")
+    for path in [readable, *readable.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    env = {"PYTHONPATH": str(readable)}
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    os.chmod(tmp_path, 0o755)
     os.chown(run_dir, 65534, 65534)
-    proc = apply_in(host, {"INCUS_HOST_TABLES_RUN_DIR": str(run_dir)}, NOBODY)
+    proc = apply_in(host, {**env, "INCUS_HOST_TABLES_RUN_DIR": str(run_dir)}, NOBODY)
     assert proc.returncode == 5, proc.stderr
     assert one_line(proc.stderr).startswith("error: ")
     assert host.state() == before
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    proc = apply_in(host, {"INCUS_HOST_TABLES_RUN_DIR": str(private / "run")}, NOBODY)
+    proc = apply_in(host, {**env, "INCUS_HOST_TABLES_RUN_DIR": str(private / "run")}, NOBODY)
     assert proc.returncode == 5, proc.stderr
     assert "Permission denied" in one_line(proc.stderr)
     assert host.state() == before
