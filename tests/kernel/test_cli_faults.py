@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -163,7 +164,9 @@ def test_unreachable_incus_socket_is_an_environment_error(tmp_path: Path) -> Non
             assert str(path) in one_line(proc.stderr)
 
 
-def test_permission_denied_is_an_environment_error(host: NetNS, tmp_path: Path) -> None:
+def test_permission_denied_is_an_environment_error(
+    host: NetNS, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Without CAP_NET_ADMIN the kernel refuses the change (exit 5); a run
     directory the user may not enter is refused before that (exit 5)."""
     incus_routes(host, "vh0", [V4], [], table=None)
@@ -171,7 +174,9 @@ def test_permission_denied_is_an_environment_error(host: NetNS, tmp_path: Path) 
     os.chmod(tmp_path, 0o755)
     # The checkout may lie where the unprivileged user cannot read it (a
     # clone under /root): that user runs a readable copy of the package.
-    readable = tmp_path / "pkg"
+    # (pytest's own temporary directory is private to root as well.)
+    readable = Path(tempfile.mkdtemp(prefix="iht-pkg-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(readable, ignore_errors=True))
     shutil.copytree(Path(incus_host_tables.__file__).parent, readable / "incus_host_tables")
     for path in [readable, *readable.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
