@@ -1,23 +1,31 @@
 """Command line. Imports stay inside the commands: `device` runs in hot
-paths and must not pay for pylxd."""
+paths and must not pay for pylxd, nor for argparse: a well-formed `device`
+or `hook` command line is read by ``quick_args`` (the same result, without
+building every subcommand's parser); anything else -- help, an error, an
+abbreviation -- goes to argparse."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
 from . import streams
 from .exitcodes import ExitCode
 
 if TYPE_CHECKING:
+    import argparse
+
     from .commands import KernelRules
     from .config import TableSettings
     from .policy import Policy
 
+    Args = argparse.Namespace | SimpleNamespace
+
+PROG = "incus-host-tables"
 
 
 RULE_PRIORITY_ENV = "INCUS_HOST_TABLES_RULE_PRIORITY"
@@ -28,12 +36,6 @@ class UsageError(Exception):
     """A bad option value found after parsing (an environment variable)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, like every other error; `--help` shows the usage.
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parse_rule_priority(what: str, text: str) -> int:
     from .numbers import parse_decimal
 
@@ -42,6 +44,8 @@ def parse_rule_priority(what: str, text: str) -> int:
 
 
 def _resync_interval(text: str) -> int:
+    import argparse
+
     from .numbers import NumberError, parse_decimal
 
     try:
@@ -63,6 +67,8 @@ def parse_rp_table(what: str, text: str) -> int:
 
 def _option(parse: Callable[[str, str], int], what: str) -> Callable[[str], int]:
     def convert(text: str) -> int:
+        import argparse
+
         from .numbers import NumberError
 
         try:
@@ -89,6 +95,8 @@ def _from_env(value: int | None, parse: Callable[[str, str], int], env: str, def
 
 
 def _host_name(text: str) -> str:
+    import argparse
+
     from .config import is_interface_name
 
     if not is_interface_name(text):
@@ -101,6 +109,8 @@ def _host_name(text: str) -> str:
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return key, value
 
@@ -114,14 +124,28 @@ def _policy_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEVICE_ACTIONS = (
+    ("plan", "print what apply would change; change nothing"),
+    ("apply", "make the kernel match the device config"),
+    ("cleanup", "remove the device's routes and rules from every table"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     from . import __version__
     from .desired import DEFAULT_RULE_PRIORITY
     from .formats import FORMAT_NAMES
     from .model import DEFAULT_RP_TABLE
 
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line, like every other error; `--help` shows the usage.
+            self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
     parser = _Parser(
-        prog="incus-host-tables",
+        prog=PROG,
         description="Keep routed NICs' host routes only in the routing tables chosen.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -141,11 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     device = sub.add_parser("device", help="act on one host interface (no Incus needed)")
     dsub = device.add_subparsers(dest="action", required=True)
-    for action, text in (
-        ("plan", "print what apply would change; change nothing"),
-        ("apply", "make the kernel match the device config"),
-        ("cleanup", "remove the device's routes and rules from every table"),
-    ):
+    for action, text in DEVICE_ACTIONS:
         p = dsub.add_parser(action, help=text, description=text)
         p.add_argument(
             "--host-name", required=True, type=_host_name, help="host-side interface (vethXXXX)"
@@ -288,13 +308,93 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table_settings(args: argparse.Namespace) -> TableSettings:
+# -- the quick reading of the hot command lines ---------------------------------
+
+_GLOBAL_OPTIONS: dict[str, tuple[str, Callable[[str, str], int]]] = {
+    "--rule-priority": ("rule_priority", parse_rule_priority),
+    "--rp-table": ("rp_table", parse_rp_table),
+}
+
+
+def _split_option(argv: list[str], i: int) -> tuple[str, str | None, int]:
+    """(option, its value or None when none follows, next index) of the
+    option at ``argv[i]``, as ``--opt VALUE`` or ``--opt=VALUE``."""
+    opt, eq, value = argv[i].partition("=")
+    if eq:
+        return opt, value, i + 1
+    if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        return opt, argv[i + 1], i + 2
+    return opt, None, i + 1
+
+
+def quick_args(argv: list[str]) -> SimpleNamespace | None:
+    """What ``build_parser().parse_args(argv)`` gives for the hot command
+    lines -- ``device plan|apply|cleanup --host-name NAME [--full]
+    [--format F] [KEY=VALUE ...]`` and ``hook TYPE``, each after the global
+    options -- in the plain form: options spelt out, before the positional
+    arguments. None for anything else (help, abbreviations, a bad value),
+    which argparse then reads and, if need be, reports."""
+    from .formats import FORMAT_NAMES
+    from .numbers import NumberError
+
+    args = SimpleNamespace(rule_priority=None, rp_table=None)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        opt, value, i = _split_option(argv, i)
+        if opt not in _GLOBAL_OPTIONS or value is None or value.startswith("-"):
+            return None
+        name, parse = _GLOBAL_OPTIONS[opt]
+        try:
+            setattr(args, name, parse(opt, value))
+        except NumberError:
+            return None
+    rest = argv[i:]
+    if rest[:1] == ["hook"]:
+        if len(rest) != 2 or rest[1].startswith("-"):
+            return None
+        args.command, args.type = "hook", rest[1]
+        return args
+    if len(rest) < 2 or rest[0] != "device" or rest[1] not in dict(DEVICE_ACTIONS):
+        return None
+    args.command, args.action = "device", rest[1]
+    args.host_name, args.full, args.format = None, False, "table"
+    i = 2
+    while i < len(rest) and rest[i].startswith("-"):
+        if rest[i] == "--full":
+            args.full, i = True, i + 1
+            continue
+        opt, value, i = _split_option(rest, i)
+        if value is None or value.startswith("-"):
+            return None
+        if opt == "--host-name":
+            from .config import is_interface_name
+
+            if not is_interface_name(value):
+                return None
+            args.host_name = value
+        elif opt == "--format" and value in FORMAT_NAMES:
+            args.format = value
+        else:
+            return None
+    config: list[tuple[str, str]] = []
+    for item in rest[i:]:
+        key, sep, value = item.partition("=")
+        if not sep or not key or item.startswith("-"):
+            return None
+        config.append((key, value))
+    if args.host_name is None:
+        return None
+    args.config = config
+    return args
+
+
+def _table_settings(args: Args) -> TableSettings:
     from .rttables import host_table_settings
 
     return host_table_settings(args.rp_table)
 
 
-def _device(args: argparse.Namespace) -> int:
+def _device(args: Args) -> int:
     from .config import ConfigError, parse_device
     from .engine import Engine, InterfaceMissing
     from .netlink.kernel import ApplyError
@@ -363,7 +463,7 @@ def _device(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _hook(args: argparse.Namespace) -> int:
+def _hook(args: Args) -> int:
     """The full hook path, used when no daemon answers the hook client."""
     import logging
 
@@ -400,7 +500,7 @@ def _hook(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _watch(args: argparse.Namespace) -> int:
+def _watch(args: Args) -> int:
     from .daemon import Daemon
     from .hookserver import AlreadyRunning
     from .logsetup import setup_logging
@@ -427,7 +527,7 @@ def _watch(args: argparse.Namespace) -> int:
         return ExitCode.ENVIRONMENT
 
 
-def _metrics(args: argparse.Namespace) -> int:
+def _metrics(args: Args) -> int:
     from .hookserver import ask_metrics
     from .locking import run_dir
 
@@ -443,7 +543,7 @@ def _metrics(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _doctor(args: argparse.Namespace) -> int:
+def _doctor(args: Args) -> int:
     from .doctor import exit_code, gather, judge, render
     from .policy import ACTIVE
 
@@ -453,7 +553,7 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_code(checks)
 
 
-def _load_policy(args: argparse.Namespace) -> tuple[bool, Policy | None]:
+def _load_policy(args: Args) -> tuple[bool, Policy | None]:
     """(usable, policy) of --policy or the default file; a bad file is
     printed, problem by problem."""
     from .policy import ACTIVE, PolicyError
@@ -477,7 +577,7 @@ def _kernel_rules() -> KernelRules:
         return {}
 
 
-def _instances(args: argparse.Namespace) -> int:
+def _instances(args: Args) -> int:
     import logging
 
     from . import commands, profiles
@@ -568,7 +668,7 @@ def _instances(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Args) -> int:
     from .desired import DEFAULT_RULE_PRIORITY
     from .model import DEFAULT_RP_TABLE
 
@@ -599,15 +699,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     streams.keep_quiet_when_closed()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args: Args | None = quick_args(list(sys.argv[1:] if argv is None else argv))
+    if args is None:
+        args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except UsageError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return ExitCode.ENVIRONMENT
     except OSError as err:
         # The run directory, netlink, a socket: the environment, not the input.

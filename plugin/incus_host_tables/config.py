@@ -11,9 +11,8 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
 from .numbers import NumberError, parse_decimal
@@ -53,12 +52,16 @@ class _NoNames:
         return {"default": DEFAULT_TABLE, "main": MAIN_TABLE, "local": LOCAL_TABLE}.get(name)
 
 
-@dataclass(frozen=True)
-class TableSettings:
+# The value types below are NamedTuples and plain classes, not dataclasses:
+# `dataclasses` imports `inspect` (and with it `ast`, `dis`, `tokenize`),
+# which costs a `device` command a quarter of its start-up.
+
+
+class TableSettings(NamedTuple):
     """What table values mean on this host: iproute2's names (looked up only
     when a key holds a name) and the plugin's RP table (refused)."""
 
-    names: TableNameLookup = field(default_factory=_NoNames)
+    names: TableNameLookup = _NoNames()
     rp_table: int = DEFAULT_RP_TABLE
 
 
@@ -71,8 +74,7 @@ class KeyKind(Enum):
     LEGACY = "legacy"  # ipv4.host_table: one uint32, as Incus/LXD accept it
 
 
-@dataclass(frozen=True)
-class FamilyIntent:
+class FamilyIntent(NamedTuple):
     """What the operator asked for one address family of one NIC."""
 
     family: Family
@@ -81,15 +83,43 @@ class FamilyIntent:
     routes: tuple[IPNetwork, ...] = ()  # extra routes, via addresses[0]
 
 
-@dataclass(frozen=True)
 class DeviceIntent:
-    ipv4: FamilyIntent
-    ipv6: FamilyIntent
-    vrf: str | None = None
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """One NIC's intent. Two intents are equal when they route alike: the
+    warnings met while parsing are not compared."""
+
+    __slots__ = ("ipv4", "ipv6", "vrf", "warnings")
+
+    def __init__(
+        self,
+        ipv4: FamilyIntent,
+        ipv6: FamilyIntent,
+        vrf: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
+        self.vrf = vrf
+        self.warnings = warnings
 
     def families(self) -> tuple[FamilyIntent, FamilyIntent]:
         return (self.ipv4, self.ipv6)
+
+    def _key(self) -> tuple[FamilyIntent, FamilyIntent, str | None]:
+        return (self.ipv4, self.ipv6, self.vrf)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeviceIntent):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceIntent(ipv4={self.ipv4!r}, ipv6={self.ipv6!r}, vrf={self.vrf!r}, "
+            f"warnings={self.warnings!r})"
+        )
 
 
 def _keys(family: Family) -> tuple[str, str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -11,24 +10,58 @@ from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule
 from .ownership import OwnershipPolicy
 
 
-@dataclass
 class Plan:
-    """Changes for one apply, in the order they are sent."""
+    """Changes for one apply, in the order they are sent. (A plain class:
+    `dataclasses` would cost every `device` command its import.)"""
 
-    rule_add: list[Rule] = field(default_factory=list)
-    route_add: list[Route] = field(default_factory=list)
-    # Present with the right shape but another protocol (Incus put it there):
-    # re-marked as the plugin's, so ownership is visible in the kernel.
-    route_adopt: list[KernelRoute] = field(default_factory=list)
-    route_delete: list[KernelRoute] = field(default_factory=list)
-    rule_delete: list[KernelRule] = field(default_factory=list)
-    # Rules of the old scheme that a new reverse-path rule must come before
-    # (the kernel appends a rule after those of equal preference): deleted
-    # and added again, last.
-    rule_move: list[KernelRule] = field(default_factory=list)
-    # Desired routes that collide with a route the plugin may not touch
-    # (ownership.py): the plan cannot be applied.
-    route_conflict: list[tuple[Route, KernelRoute]] = field(default_factory=list)
+    __slots__ = _FIELDS = (
+        "rule_add",
+        "route_add",
+        "route_adopt",
+        "route_delete",
+        "rule_delete",
+        "rule_move",
+        "route_conflict",
+    )
+
+    def __init__(
+        self,
+        rule_add: list[Rule] | None = None,
+        route_add: list[Route] | None = None,
+        route_adopt: list[KernelRoute] | None = None,
+        route_delete: list[KernelRoute] | None = None,
+        rule_delete: list[KernelRule] | None = None,
+        rule_move: list[KernelRule] | None = None,
+        route_conflict: list[tuple[Route, KernelRoute]] | None = None,
+    ) -> None:
+        self.rule_add = rule_add if rule_add is not None else []
+        self.route_add = route_add if route_add is not None else []
+        # Present with the right shape but another protocol (Incus put it
+        # there): re-marked as the plugin's, so ownership is visible in the kernel.
+        self.route_adopt = route_adopt if route_adopt is not None else []
+        self.route_delete = route_delete if route_delete is not None else []
+        self.rule_delete = rule_delete if rule_delete is not None else []
+        # Rules of the old scheme that a new reverse-path rule must come
+        # before (the kernel appends a rule after those of equal
+        # preference): deleted and added again, last.
+        self.rule_move = rule_move if rule_move is not None else []
+        # Desired routes that collide with a route the plugin may not touch
+        # (ownership.py): the plan cannot be applied.
+        self.route_conflict = route_conflict if route_conflict is not None else []
+
+    def _values(self) -> tuple[list[object], ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"Plan({inner})"
 
     def __bool__(self) -> bool:
         return bool(

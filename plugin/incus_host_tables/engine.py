@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
@@ -52,13 +51,25 @@ class InterfaceMissing(LookupError):
         self.ifname = ifname
 
 
-@dataclass
 class DevicePlan:
     """A plan for one host interface, with what it was computed from."""
 
-    ifname: str | None
-    ifindex: int | None
-    plan: Plan = field(default_factory=Plan)
+    __slots__ = ("ifindex", "ifname", "plan")
+
+    def __init__(self, ifname: str | None, ifindex: int | None, plan: Plan | None = None) -> None:
+        self.ifname = ifname
+        self.ifindex = ifindex
+        self.plan = plan if plan is not None else Plan()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DevicePlan):
+            return NotImplemented
+        return (self.ifname, self.ifindex, self.plan) == (other.ifname, other.ifindex, other.plan)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"DevicePlan({self.ifname!r}, {self.ifindex!r}, {self.plan!r})"
 
     def changes(self) -> list[Change]:
         out: list[Change] = []

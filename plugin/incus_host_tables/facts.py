@@ -10,7 +10,7 @@ families a plan may release a rule of.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .model import AF_INET, AF_INET6, KernelRoute, KernelRule
 from .netlink.kernel import Netlink, RouteQuery
@@ -19,8 +19,7 @@ from .ownership import OwnershipPolicy
 FAMILIES = (AF_INET, AF_INET6)
 
 
-@dataclass(frozen=True)
-class DeviceFacts:
+class DeviceFacts(NamedTuple):
     """One host interface as the kernel shows it."""
 
     ifname: str | None
@@ -31,11 +30,10 @@ class DeviceFacts:
     # interface (so the family's rule is still needed whatever this device
     # does). Only the families in ``rp_checked`` were read.
     rp_held_elsewhere: frozenset[int] = frozenset()
-    rp_checked: frozenset[int] = field(default_factory=lambda: frozenset(FAMILIES))
+    rp_checked: frozenset[int] = frozenset(FAMILIES)
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     """Every plugin route (all interfaces, all tables) and every plugin rule."""
 
     plugin_routes: Sequence[KernelRoute]

@@ -22,7 +22,7 @@ interface counts as the instance's (fail closed), and still nothing else.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import AF_INET, KernelRoute, KernelRule
 
@@ -73,8 +73,7 @@ def incus_scope(kr: KernelRoute) -> int:
     return RT_SCOPE_UNIVERSE
 
 
-@dataclass(frozen=True)
-class OwnershipPolicy:
+class OwnershipPolicy(NamedTuple):
     """The rule above for one protocol number (158 unless a test says so).
     Routes handed to it are those of the instance's host interface."""
 

@@ -9,8 +9,8 @@ is here, and tested table-driven without a kernel.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import NamedTuple
 
 from .config import DeviceIntent
 from .desired import (
@@ -30,13 +30,12 @@ from .ownership import POLICY, OwnershipPolicy
 _ROUTE = itemgetter(0)  # KernelRoute.route
 
 
-@dataclass(frozen=True)
-class HostSettings:
+class HostSettings(NamedTuple):
     """What every plan of a host shares."""
 
     rule_priority: int = DEFAULT_RULE_PRIORITY
     rp_table: int = DEFAULT_RP_TABLE
-    policy: OwnershipPolicy = field(default=POLICY)
+    policy: OwnershipPolicy = POLICY
 
     @property
     def protocol(self) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from .config import TableSettings
 
@@ -60,11 +59,21 @@ def parse_rt_tables(text: str) -> list[tuple[int, str]]:
     return entries
 
 
-@dataclass
 class TableNames:
     """Name <-> ID as ``ip`` resolves them; entries in reading order."""
 
-    entries: list[tuple[int, str]] = field(default_factory=lambda: list(BUILTIN))
+    def __init__(self, entries: Iterable[tuple[int, str]] = BUILTIN) -> None:
+        self.entries = list(entries)
+
+    def __repr__(self) -> str:
+        return f"TableNames({self.entries!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TableNames):
+            return NotImplemented
+        return self.entries == other.entries
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def add(self, pairs: Iterable[tuple[int, str]]) -> None:
         self.entries.extend(pairs)

@@ -5,11 +5,10 @@ resync repairs it and removes every other plugin rule."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
-from incus_host_tables.config import ConfigError
+from incus_host_tables.config import ConfigError, DeviceIntent
 from incus_host_tables.engine import Engine
 from lab.netns import NetNS
 
@@ -162,7 +161,7 @@ def test_the_rp_table_cannot_be_chosen(two: NetNS, make_engine: Callable[..., En
     engine = make_engine(two)
     before = two.state()
     base = intent(config(A4, A6))
-    chosen = replace(base, ipv4=replace(base.ipv4, tables=(100, 1158)))
+    chosen = DeviceIntent(base.ipv4._replace(tables=(100, 1158)), base.ipv6)
     with pytest.raises(ConfigError, match="table 1158 is the plugin's reverse-path table"):
         engine.converge("vh0", chosen)
     assert two.state() == before

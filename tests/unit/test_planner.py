@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Collection
-from dataclasses import replace
 
 import pytest
 
@@ -242,7 +241,7 @@ def test_resync_moves_a_kept_stale_rule_behind_a_new_reverse_path_rule() -> None
 
 def test_the_reverse_path_table_cannot_be_chosen() -> None:
     base = intent()
-    chosen = replace(base, ipv6=replace(base.ipv6, tables=(100, RP)))
+    chosen = DeviceIntent(base.ipv4, base.ipv6._replace(tables=(100, RP)))
     assert intent_problems(chosen, SETTINGS) == [
         "ipv6: table 1158 is the plugin's reverse-path table (--rp-table); it cannot be chosen"
     ]
