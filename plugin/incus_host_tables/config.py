@@ -7,15 +7,14 @@ and the offending value, because operators see these messages in
 
 from __future__ import annotations
 
+import _socket  # not `socket`: see netlink/kernel.py
 import ipaddress
-import re
-import socket
 from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
 from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
-from .numbers import NumberError, parse_decimal
+from .numbers import NumberError, is_decimal, parse_decimal
 
 Family = Literal["ipv4", "ipv6"]
 T = TypeVar("T")
@@ -27,12 +26,13 @@ MAX_TABLE = 4294967295  # the kernel's table IDs are u32; Incus's host_table too
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_DECIMAL = re.compile(r"[0-9]+", re.ASCII)
-# What an operator meant as a number (any script's digits, a sign, "_"):
-# reported as a bad number, never looked up as a table name.
-_NUMBER_LIKE = re.compile(r"[+-]?[\d_]+")
-# Linux interface names: 1-15 bytes, no '/', ':' or whitespace, not "." or "..".
-_IFNAME = re.compile(r"[^/:\s\x00]{1,15}")
+
+def _number_like(text: str) -> bool:
+    """What an operator meant as a number (a sign, then digits of any
+    script and "_"): reported as a bad number, never looked up as a table
+    name. (String methods, not a pattern compiled at every start-up.)"""
+    body = text[1:] if text[:1] in ("+", "-") else text
+    return body != "" and body.replace("_", "0").isdecimal()
 
 
 class ConfigError(ValueError):
@@ -148,7 +148,7 @@ def _reserved(table: int, rp_table: int) -> str | None:
 
 def _parse_table(key: str, raw: str, item: str, kind: KeyKind, settings: TableSettings) -> int:
     shown = item
-    if kind is KeyKind.USER and not _NUMBER_LIKE.fullmatch(item):
+    if kind is KeyKind.USER and not _number_like(item):
         found = settings.names.id_of(item)
         if found is None:
             raise ConfigError(
@@ -158,7 +158,7 @@ def _parse_table(key: str, raw: str, item: str, kind: KeyKind, settings: TableSe
         table, shown = found, f"{item!r} ({found})"
     else:
         hi = MAX_NATIVE_TABLE if kind is KeyKind.NATIVE else MAX_TABLE
-        if kind is not KeyKind.USER and _DECIMAL.fullmatch(item):
+        if kind is not KeyKind.USER and is_decimal(item):
             # Incus parses its own keys with strconv.ParseUint: leading zeros
             # are accepted there, so they are here (with a warning).
             item = item.lstrip("0") or "0"
@@ -168,7 +168,7 @@ def _parse_table(key: str, raw: str, item: str, kind: KeyKind, settings: TableSe
             # A leading zero in front of a reserved ID: say why it is
             # reserved rather than suggest writing it without the zero.
             digits = item.lstrip("0") or "0"
-            if _DECIMAL.fullmatch(item) and len(digits) <= 10:
+            if is_decimal(item) and len(digits) <= 10:
                 reason = _reserved(int(digits), settings.rp_table)
                 if reason is not None:
                     raise ConfigError(
@@ -220,7 +220,7 @@ def _parse_legacy(
     keeps it there (with a warning) instead of being refused at its next
     start."""
     item = raw.strip(" \t")
-    if _DECIMAL.fullmatch(item) and not item.strip("0"):
+    if is_decimal(item) and not item.strip("0"):
         return (MAIN_TABLE,), (
             f"{key}={raw!r}: table 0 is main to the kernel, so the routes stay in main "
             f"({MAIN_TABLE}); write {MAIN_TABLE}, or the table meant"
@@ -236,7 +236,7 @@ def _leading_zeros(key: str, raw: str | None) -> list[str]:
     if raw is None:
         return []
     items = [item.strip(" \t") for item in raw.split(",")]
-    odd = [i for i in items if _DECIMAL.fullmatch(i) and len(i) > 1 and i.startswith("0")]
+    odd = [i for i in items if is_decimal(i) and len(i) > 1 and i.startswith("0")]
     if not odd:
         return []
     plain = ",".join(i.lstrip("0") or "0" if i in odd else i for i in items)
@@ -389,7 +389,7 @@ def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddre
     version = 4 if family == "ipv4" else 6
     result: list[IPAddress] = []
     seen: set[bytes] = set()  # packed: hashing an ipaddress object is slow
-    pton, v4 = socket.inet_pton, socket.AF_INET
+    pton, v4 = _socket.inet_pton, _socket.AF_INET
     for item in raw.split(","):
         item = item.strip(" \t")
         if item == "":
@@ -437,7 +437,7 @@ def _parse_routes(
         if item == "":
             raise ConfigError(f"{key}={raw!r}: empty item in the list")
         address, slash, length = item.partition("/")
-        if not slash or not _DECIMAL.fullmatch(length):
+        if not slash or not is_decimal(length):
             raise ConfigError(f"{key}={raw!r}: {item!r} is not a prefix like ADDRESS/LENGTH")
         try:
             iface = ipaddress.ip_interface(item)
@@ -459,7 +459,11 @@ def _parse_routes(
 def is_interface_name(name: str) -> bool:
     """A name Linux accepts for an interface: 1-15 bytes, no ``/``, ``:`` or
     whitespace, not ``.`` or ``..``."""
-    return bool(_IFNAME.fullmatch(name)) and name not in (".", "..") and len(name.encode()) <= 15
+    return (
+        0 < len(name.encode()) <= 15
+        and not any(ch in "/:\0" or ch.isspace() for ch in name)
+        and name not in (".", "..")
+    )
 
 
 def _parse_vrf(device: Mapping[str, str]) -> str | None:

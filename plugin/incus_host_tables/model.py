@@ -6,16 +6,16 @@ apply path builds and compares them in bulk.
 
 from __future__ import annotations
 
+import _socket  # not `socket`: see netlink/kernel.py
 import gc
-import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import groupby, repeat
 from operator import add, itemgetter
 from typing import NamedTuple
 
-AF_INET: int = int(socket.AF_INET)
-AF_INET6: int = int(socket.AF_INET6)
+AF_INET: int = _socket.AF_INET
+AF_INET6: int = _socket.AF_INET6
 
 DEFAULT_TABLE = 253  # consulted by every lookup through the kernel's rule 32767
 MAIN_TABLE = 254
@@ -75,13 +75,13 @@ class KernelRule(NamedTuple):
 
 
 def format_prefix(family: int, dst: bytes, prefixlen: int) -> str:
-    return f"{socket.inet_ntop(family, dst)}/{prefixlen}"
+    return f"{_socket.inet_ntop(family, dst)}/{prefixlen}"
 
 
 def describe_route(route: Route, ifname: str | None = None) -> str:
     text = format_prefix(route.family, route.dst, route.prefixlen)
     if route.gateway is not None:
-        text += f" via {socket.inet_ntop(route.family, route.gateway)}"
+        text += f" via {_socket.inet_ntop(route.family, route.gateway)}"
     if ifname:
         text += f" dev {ifname}"
     text += f" table {route.table}"
@@ -98,7 +98,7 @@ def describe_routes(
     for every route of one (family, table, prefixlen, gateway, metric), so
     it is made once per run of those, and the lines are put together in C."""
     out: list[str] = []
-    ntop = socket.inet_ntop
+    ntop = _socket.inet_ntop
     for _shape, group in groupby(routes, key=_ROUTE_SHAPE):
         run = list(group)
         family = run[0].family

@@ -7,9 +7,11 @@ so that one value could be written many ways. Pure.
 
 from __future__ import annotations
 
-import re
 
-_DECIMAL = re.compile(r"[0-9]+", re.ASCII)
+def is_decimal(text: str) -> bool:
+    """ASCII digits only, at least one (what ``[0-9]+`` matches, without
+    compiling a pattern at start-up)."""
+    return text.isascii() and text.isdigit()
 
 
 class NumberError(ValueError):
@@ -19,7 +21,7 @@ class NumberError(ValueError):
 def parse_decimal(what: str, text: str, lo: int, hi: int) -> int:
     """``text`` as an integer in ``lo``-``hi``: ASCII digits, no sign, no
     leading zero (``0`` itself excepted). Raises NumberError naming ``what``."""
-    if not _DECIMAL.fullmatch(text):
+    if not is_decimal(text):
         raise NumberError(f"{what} {text!r} is not a decimal number")
     digits = text.lstrip("0") or "0"
     # Compare lengths first: int() of a huge string is slow and pointless.

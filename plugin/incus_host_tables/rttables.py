@@ -39,17 +39,19 @@ INT_MAX = 2**31 - 1
 
 # sscanf("0x%x %s") or sscanf("%d %s"): a number, optional blanks, a name
 # (the first run of non-blank characters); the rest of the line is ignored.
-_LINE = re.compile(r"(?:0x([0-9A-Fa-f]+)|([+-]?[0-9]+))[ \t\n\v\f\r]*([^ \t\n\v\f\r]+)")
+# Compiled on first use (re caches it): most commands never read the files.
+_LINE = r"(?:0x([0-9A-Fa-f]+)|([+-]?[0-9]+))[ \t\n\v\f\r]*([^ \t\n\v\f\r]+)"
 
 
 def parse_rt_tables(text: str) -> list[tuple[int, str]]:
     """(ID, name) pairs of one rt_tables file, in file order."""
     entries: list[tuple[int, str]] = []
+    line_re = re.compile(_LINE)
     for line in text.splitlines():
         stripped = line.lstrip(" \t")
         if stripped == "" or stripped.startswith("#"):
             continue
-        match = _LINE.match(stripped)
+        match = line_re.match(stripped)
         if match is None:
             break  # iproute2: "Database ... is corrupted", the rest is not read
         hex_id, dec_id, name = match.groups()

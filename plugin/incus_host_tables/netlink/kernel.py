@@ -20,9 +20,11 @@ Both directions are bulk code paths (see codec and docs/performance.md).
 
 from __future__ import annotations
 
+# The C module: `socket` itself adds `selectors` and ~400 enum members
+# to the start-up of every `device` command.
+import _socket as socket
 import errno as errno_mod
 import os
-import socket
 import threading
 from bisect import bisect_right
 from collections import deque
