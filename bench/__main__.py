@@ -29,6 +29,14 @@ def _sizes(text: str) -> list[int]:
     return [int(x.replace("_", "").replace(",", "")) for x in text.split("/")]
 
 
+def _counts(text: str) -> list[int]:
+    """``50,200,500`` (or ``0/100_000/1_000_000``): a list of counts."""
+    return [int(x.replace("_", "")) for x in text.replace("/", ",").split(",") if x]
+
+
+PARTS = ("bulk", "exec", "read", "growth", "rules", "repair", "lab")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--reps", type=int, default=5, help="repetitions per figure (default 5)")
@@ -42,29 +50,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exec-sample", type=int, default=300, help="routes timed one process each")
     p.add_argument(
         "--only",
-        choices=("bulk", "exec", "read", "rules", "repair", "lab"),
+        choices=PARTS,
         action="append",
-        help="run only these parts (rules: route lookups from lo under three rule layouts; "
-        "repair: drift-repair latency; lab: start hook and event storm on a real Incus)",
+        help="run only these parts (growth: one NIC among 0 to 1,000,000 foreign routes; "
+        "rules: route lookups from lo under three rule layouts; repair: drift-repair "
+        "latency; lab: start hook, event storms, start-up resync on a real Incus)",
+    )
+    p.add_argument(
+        "--growth",
+        type=_counts,
+        default=list(figures.GROWTH_SIZES),
+        help="foreign routes for the growth figure (default 0/100000/1000000)",
     )
     p.add_argument(
         "--lookups", type=int, default=20_000, help="route lookups per rule-layout figure"
     )
     p.add_argument("--repair-samples", type=int, default=200, help="samples per repair scenario")
     p.add_argument("--starts", type=int, default=20, help="incus starts per variant (lab)")
-    p.add_argument("--storm", default="50,100,200", help="event-storm sizes (lab)")
+    p.add_argument(
+        "--storm", type=_counts, default=list(lab_figures.STORMS), help="event-storm sizes (lab)"
+    )
+    p.add_argument(
+        "--resync",
+        type=_counts,
+        default=list(lab_figures.RESYNCS),
+        help="running instances for the daemon's start-up resync (lab)",
+    )
+    p.add_argument(
+        "--big-storm",
+        type=_counts,
+        default=list(lab_figures.BIG_STORM),
+        help="INSTANCES,FOREIGN: a storm on a host with that many foreign routes (lab; "
+        "default 200,1000000; 0,0 skips it)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     p.add_argument("--quick", action="store_true", help="3 reps, sizes 1000/12000, 50,000 foreign")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.sizes, args.foreign = 3, [1000, 12000], 50_000
+        args.growth = [0, 100_000]
     if os.geteuid() != 0:
         print("python -m bench needs root (network namespaces)", file=sys.stderr)
         return 2
     if shutil.which("ip") is None:
         print("python -m bench needs iproute2 (ip)", file=sys.stderr)
         return 2
-    parts = set(args.only or ("bulk", "exec", "read", "rules", "repair", "lab"))
+    parts = set(args.only or PARTS)
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -88,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res.series += got.series
                 res.facts.update(got.facts)
+        if "growth" in parts:
+            for s in figures.growth(nss, args.growth, args.reps, run_dir, log).series:
+                res.add(s)
         if "rules" in parts:
             rules = rule_lookup.rule_lookup(
                 nss, rule_lookup.ADDRESSES, args.lookups, args.reps, log
@@ -101,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     lab_results: dict[str, Any] | None = None
     if "lab" in parts:
         log("")
-        log("real Incus: start hook and event storm")
-        storm_sizes = [int(x) for x in args.storm.split(",") if x]
-        lab_results = lab_figures.run(args.starts, storm_sizes)
+        log("real Incus: start hook, event storms, start-up resync")
+        big = tuple(args.big_storm) if len(args.big_storm) == 2 and all(args.big_storm) else None
+        lab_results = lab_figures.run(args.starts, args.storm, args.resync, big)
     res.facts["bench_seconds"] = round(time.monotonic() - started, 1)
 
     log("")
@@ -112,12 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     for line in report.ratio_lines(res, args.sizes):
         log(line)
+    growth_table = report.growth_table(res)
+    if growth_table:
+        log("")
+        for line in growth_table:
+            log(line)
     verdicts = report.verdicts(res, max(args.sizes))
     config = {
         "reps": args.reps,
         "sizes": args.sizes,
         "foreign": args.foreign,
         "exec_sample": args.exec_sample,
+        "growth": args.growth,
         "command": figures.cli_command(),
     }
     out = args.out

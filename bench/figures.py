@@ -35,9 +35,11 @@ from .workload import (
     FOREIGN_PEER,
     PEER,
     PROTOCOL,
+    RP_TABLE,
     RULE_PRIORITY,
     Workload,
     foreign_lines,
+    growth_lines,
 )
 
 Log = Callable[[str], None]
@@ -122,10 +124,12 @@ class Device:
 
     # -- the ways to install and remove ------------------------------------------
 
-    def ip_batch(self, lines: list[str]) -> float:
+    def ip_batch(self, lines: list[str], family: str | None = None) -> float:
+        """``ip -batch`` of ``lines`` (``family``: ``-4``/``-6`` for rules)."""
         text = "\n".join(lines) + "\n"
+        argv = ["ip", *([family] if family else []), "-batch", "-"]
         with self.ns.inside():
-            return timed(lambda: _run(["ip", "-batch", "-"], text, self.env))
+            return timed(lambda: _run(argv, text, self.env))
 
     def ip_each(self, lines: list[str]) -> float:
         """One `ip` process per line."""
@@ -133,7 +137,11 @@ class Device:
             return timed(lambda: _run_each([["ip", *line.split()] for line in lines], self.env))
 
     def cli(self, action: str, w: Workload) -> float:
-        argv = [*cli_command(), "device", action, "--host-name", DEV, *w.cli_args()]
+        return self.cli_config(action, w.device_config())
+
+    def cli_config(self, action: str, config: dict[str, str]) -> float:
+        args = [f"{k}={v}" for k, v in config.items()]
+        argv = [*cli_command(), "device", action, "--host-name", DEV, *args]
         with self.ns.inside():
             return timed(lambda: _run(argv, None, self.env))
 
@@ -383,4 +391,88 @@ def reading(
             res.add(read)
             res.add(plan)
             dev.cleanup(intent)
+    return res
+
+
+# -- figure 3: one NIC as the host's foreign routes grow ---------------------------
+
+# A typical NIC: one address per family, two chosen tables (6 routes, 2 rules).
+GROWTH_NIC = {
+    "ipv4.address": "198.51.100.10",
+    "ipv6.address": "2001:db8::10",
+    "user.ipv4.host_tables": "100,200",
+    "user.ipv6.host_tables": "100,200",
+}
+GROWTH_SIZES = (0, 100_000, 1_000_000)
+GROWTH_NAMES = (
+    "growth ip -batch add+del",
+    "growth floor add+del",
+    "growth engine apply+cleanup",
+    "growth process apply+cleanup",
+)
+
+
+def _nic_lines(verb: str, family: str) -> list[str]:
+    """`ip -batch` lines for GROWTH_NIC's routes and rule of one family (a
+    batch cannot switch family for its rules: one `ip -4`/`ip -6 -batch` each)."""
+    key = "ipv4" if family == "-4" else "ipv6"
+    addr = GROWTH_NIC[f"{key}.address"] + ("/32" if family == "-4" else "/128")
+    tables = [*GROWTH_NIC[f"user.{key}.host_tables"].split(","), str(RP_TABLE)]
+    proto = f" protocol {PROTOCOL}" if verb == "add" else ""
+    rule = [f"rule {verb} iif lo lookup {RP_TABLE} pref {RULE_PRIORITY} protocol {PROTOCOL}"]
+    routes = [f"route {verb} {addr} dev {DEV} table {t}{proto}" for t in tables]
+    return rule + routes if verb == "add" else routes + rule
+
+
+def growth(nss: Namespaces, sizes: list[int], reps: int, run_dir: str, log: Log) -> Results:
+    """One NIC's apply + cleanup (GROWTH_NIC) while the host holds ``sizes``
+    foreign routes (growth_mix), loaded with ``ip -batch``, growing from one
+    size to the next: as a process, in process, with ``ip -batch`` and the
+    kernel floor, repetitions interleaved."""
+    res = Results()
+    intent = parse_device(GROWTH_NIC)
+    with device_namespace(nss, "grow", run_dir) as dev:
+        dev.ns.add_veth(FOREIGN_DEV, FOREIGN_PEER, settle=False)
+        loaded = 0
+        for size in sorted(sizes):
+            if size > loaded:
+                lines = growth_lines(loaded, size)
+                log(f"growth: loading {size - loaded} more foreign routes with ip -batch ...")
+                seconds = dev.ip_batch(lines)
+                log(f"  ({seconds:.1f} s; the host now holds {size} foreign routes)")
+                loaded = size
+            series = {name: Series(name, size, note="foreign routes") for name in GROWTH_NAMES}
+            for rep in range(reps + 1):
+                t: dict[str, float] = {}
+                dev.expect(0, 0, "start")
+                t["growth ip -batch add+del"] = sum(
+                    dev.ip_batch(_nic_lines("add", fam), fam) for fam in ("-4", "-6")
+                )
+                dev.expect(6, 2, "ip -batch add")
+                t["growth ip -batch add+del"] += sum(
+                    dev.ip_batch(_nic_lines("del", fam), fam) for fam in ("-6", "-4")
+                )
+                dev.expect(0, 0, "ip -batch del")
+                t["growth floor add+del"] = dev.floor(dev.engine.plan_device(DEV, intent))
+                dev.expect(6, 2, "floor add")
+                t["growth floor add+del"] += dev.floor(dev.engine.plan_cleanup(DEV, intent))
+                dev.expect(0, 0, "floor del")
+                converge, _ = dev.converge(intent)
+                t["growth engine apply+cleanup"] = converge + dev.cleanup(intent)
+                dev.expect(0, 0, "engine cleanup")
+                t["growth process apply+cleanup"] = dev.cli_config("apply", GROWTH_NIC)
+                dev.expect(6, 2, "process device apply")
+                t["growth process apply+cleanup"] += dev.cli_config("cleanup", GROWTH_NIC)
+                dev.expect(0, 0, "process device cleanup")
+                if rep == 0:
+                    continue  # warm-up
+                for name, seconds in t.items():
+                    series[name].seconds.append(seconds)
+            log(
+                f"  {size:>9,} foreign: "
+                + ", ".join(f"{s.name[7:]} {s.median * 1000:.1f}" for s in series.values())
+                + " ms (medians)"
+            )
+            for s in series.values():
+                res.add(s)
     return res

@@ -61,10 +61,10 @@ def ratio_lines(res: Results, sizes: list[int]) -> list[str]:
 # (target, figure, its reference, limit on figure/reference), at the largest size
 RATIO_TARGETS = (
     ("1 apply in process vs ip -batch", "engine converge", "ip -batch add", 0.5),
-    ("1 apply in process vs kernel floor", "engine converge", "floor add", 3.0),
+    ("1 apply in process vs kernel floor", "engine converge", "floor add", 2.0),
     ("1 apply as a process vs ip -batch", "process device apply", "ip -batch add", 1.0),
     ("1 cleanup in process vs ip -batch", "engine cleanup", "ip -batch del", 0.5),
-    ("1 cleanup in process vs kernel floor", "engine cleanup", "floor del", 3.0),
+    ("1 cleanup in process vs kernel floor", "engine cleanup", "floor del", 2.0),
     ("1 cleanup as a process vs ip -batch", "process device cleanup", "ip -batch del", 1.0),
     ("2 no-change reconcile vs ip -batch", "engine reconcile (no change)", "ip -batch add", 1.0),
 )
@@ -94,6 +94,7 @@ def verdicts(res: Results, n: int) -> list[Verdict]:
                 f"({per.note}, per route)"
             )
             v.append(Verdict(target, per.median / mine_per, 100, detail, unit="faster"))
+    v += growth_verdicts(res)
     for s in res.series:
         if s.name.startswith("read link routes") and s.routes <= 6:
             scenario = s.name[len("read link routes (") : -1]
@@ -111,6 +112,58 @@ def verdicts(res: Results, n: int) -> list[Verdict]:
                 )
             )
     return v
+
+
+GROWTH_LIMIT = 1.1  # one NIC's apply + cleanup among 1,000,000 foreign routes vs none
+
+
+def growth_table(res: Results) -> list[str]:
+    """One NIC's apply + cleanup per number of foreign routes (medians, ms),
+    and each size's ratio to the empty host."""
+    sizes = sorted({s.routes for s in res.series if s.name == "growth process apply+cleanup"})
+    if not sizes:
+        return []
+    names = (
+        ("growth process apply+cleanup", "device apply+cleanup (processes)"),
+        ("growth engine apply+cleanup", "engine apply+cleanup (in process)"),
+        ("growth ip -batch add+del", "ip -batch add+del (processes)"),
+        ("growth floor add+del", "kernel floor add+del"),
+    )
+    head = f"{'one NIC, ms (x empty host)':36}" + "".join(f"{n:>20,}" for n in sizes)
+    lines = [head + "  foreign routes"]
+    for name, label in names:
+        base = res.get(name, sizes[0]).median
+        cells = "".join(
+            f"{res.get(name, n).median * 1e3:>10.1f} ({res.get(name, n).median / base:4.2f}x)"
+            for n in sizes
+        )
+        lines.append(f"{label:36}{cells}")
+    return lines
+
+
+def growth_verdicts(res: Results) -> list[Verdict]:
+    """The largest host against the empty one: the processes (the target),
+    and in process (for information)."""
+    out: list[Verdict] = []
+    for name, what, informational in (
+        ("growth process apply+cleanup", "device apply + device cleanup (processes)", False),
+        ("growth engine apply+cleanup", "engine apply + cleanup (in process)", True),
+    ):
+        sizes = sorted(s.routes for s in res.series if s.name == name)
+        if len(sizes) < 2 or sizes[0] != 0:
+            continue
+        empty, big = res.get(name, 0), res.get(name, sizes[-1])
+        out.append(
+            Verdict(
+                f"growth: one NIC's {what} among {sizes[-1]:,} foreign routes vs an empty host",
+                big.median / empty.median,
+                GROWTH_LIMIT,
+                f"{big.median * 1e3:.1f} ms vs {empty.median * 1e3:.1f} ms (medians; max "
+                f"{big.max * 1e3:.1f} vs {empty.max * 1e3:.1f})",
+                informational=informational,
+            )
+        )
+    return out
 
 
 def write_json(
@@ -139,7 +192,14 @@ def plot(path: Path, res: Results) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(10.5, 5.5))
+    growth = sorted(
+        (s for s in res.series if s.name == "growth process apply+cleanup"), key=lambda s: s.routes
+    )
+    if growth:
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+        _plot_growth(gx, res)
+    else:
+        fig, ax = plt.subplots(figsize=(10.5, 5.5))
     styles = {
         "exec per route add": ("exec per route (ip route add; extrapolated)", "tab:red", ":"),
         "ip -batch add": ("ip -batch (add)", "tab:orange", "-"),
@@ -197,3 +257,37 @@ def plot(path: Path, res: Results) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _plot_growth(ax: Any, res: Results) -> None:
+    """One NIC's apply + cleanup against the number of foreign routes."""
+    styles = {
+        "growth process apply+cleanup": ("device apply+cleanup (processes)", "tab:purple"),
+        "growth engine apply+cleanup": ("engine apply+cleanup (in process)", "tab:blue"),
+        "growth ip -batch add+del": ("ip -batch add+del (processes)", "tab:orange"),
+        "growth floor add+del": ("kernel floor add+del", "tab:gray"),
+    }
+    for name, (label, color) in styles.items():
+        found = sorted((s for s in res.series if s.name == name), key=lambda s: s.routes)
+        if not found:
+            continue
+        ax.errorbar(
+            [s.routes for s in found],
+            [s.median * 1e3 for s in found],
+            yerr=[
+                [(s.median - s.min) * 1e3 for s in found],
+                [(s.max - s.median) * 1e3 for s in found],
+            ],
+            color=color,
+            marker="o",
+            ms=3,
+            capsize=2,
+            label=label,
+        )
+    ax.set_xscale("symlog", linthresh=100_000)
+    ax.set_yscale("log")
+    ax.set_xlabel("foreign routes on the host (IPv4 and IPv6, main and table 300)")
+    ax.set_ylabel("ms for one NIC (median; bars: min-max)")
+    ax.set_title("one NIC (6 routes, 2 rules) as the host's tables grow", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)

@@ -114,3 +114,48 @@ def foreign_lines(
                     dst = f"{ipaddress.IPv4Address(_FOREIGN_V4 + 1 + i)}/32"
                 lines.append(f"route add {dst} dev {FOREIGN_DEV} table {t}")
     return lines
+
+
+# -- a host with many foreign routes (the growth figure, the lab's big storm) ----
+
+_GROWTH_V4 = int(ipaddress.IPv4Address("10.0.0.0"))  # main: 10.0.0.1 up
+_GROWTH_V4_T300 = int(ipaddress.IPv4Address("10.128.0.0"))  # table 300
+GROWTH_IPV6 = 200_000  # IPv6 /128 in main, from 2001:db8:f::/48, beyond 100,000
+GROWTH_TABLE_300 = 50_000  # IPv4 /32 in table 300, beyond 100,000
+GROWTH_TABLE = 300
+
+
+def growth_mix(total: int) -> tuple[int, int, int]:
+    """(IPv4 in main, IPv6 in main, IPv4 in table 300) of a host with
+    ``total`` foreign routes: up to 100,000 all IPv4 in main (10.0.0.0/8);
+    beyond, 200,000 of them IPv6 and 50,000 in another table (1,000,000:
+    750,000 + 200,000 + 50,000)."""
+    if total <= 100_000:
+        return total, 0, 0
+    if total < 100_000 + GROWTH_IPV6 + GROWTH_TABLE_300:
+        raise ValueError(f"{total} foreign routes: 100,000 or fewer, or at least 350,000")
+    return total - GROWTH_IPV6 - GROWTH_TABLE_300, GROWTH_IPV6, GROWTH_TABLE_300
+
+
+def growth_lines(
+    have: int, total: int, dev: str = FOREIGN_DEV, protocol: str | None = None
+) -> list[str]:
+    """`ip -batch` lines taking a host from ``have`` to ``total`` foreign
+    routes of ``growth_mix`` on ``dev`` (``protocol``: a name or number for
+    them, else iproute2's default, boot)."""
+    proto = f" protocol {protocol}" if protocol else ""
+    before, after = growth_mix(have), growth_mix(total)
+    v4 = ipaddress.IPv4Address
+    lines = [
+        f"route add {v4(_GROWTH_V4 + 1 + i)}/32 dev {dev}{proto}"
+        for i in range(before[0], after[0])
+    ]
+    lines += [
+        f"route add {ipaddress.IPv6Address(_FOREIGN_V6 + 1 + i)}/128 dev {dev}{proto}"
+        for i in range(before[1], after[1])
+    ]
+    lines += [
+        f"route add {v4(_GROWTH_V4_T300 + 1 + i)}/32 dev {dev} table {GROWTH_TABLE}{proto}"
+        for i in range(before[2], after[2])
+    ]
+    return lines
