@@ -483,6 +483,8 @@ def _routes_clash_with_addresses(
 ) -> None:
     """An extra route equal to an address's host route would be the same
     route twice in every chosen table: the kernel refuses the second."""
+    if not routes:
+        return  # the common case: thousands of addresses, no extra route
     host = 32 if family == "ipv4" else 128
     own = {a.packed for a in addresses}
     for net in routes:

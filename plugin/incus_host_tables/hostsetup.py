@@ -12,9 +12,8 @@ import shutil
 import subprocess
 import sys
 
-from . import hostfiles, profiles
+from . import hostfiles
 from .exitcodes import ExitCode
-from .incus import IncusClient, IncusError, SocketNotFoundError
 
 UNIT_NAME = "incus-host-tables.service"
 
@@ -57,6 +56,10 @@ def install(root: str, executable: str | None, python: str | None) -> int:
 def remove_all_hooks(socket: str | None) -> int:
     """Hook lines out of every profile of every project. No Incus/LXD socket
     at all means no profile to clean; an unreachable daemon is an error."""
+    # Only here: `install` needs neither pylxd nor requests.
+    from . import profiles
+    from .incus import IncusClient, IncusError, SocketNotFoundError
+
     try:
         client = IncusClient(socket)
     except SocketNotFoundError as err:
