@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import _socket  # not `socket`: see netlink/kernel.py
 import ipaddress
+import struct
 from collections.abc import Callable, Mapping
 from enum import Enum
+from itertools import repeat
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
 from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
@@ -381,11 +383,33 @@ def _is_host_address(addr: IPAddress) -> bool:
 _V4_FIRST_OCTETS_TO_CHECK = frozenset({0, 127, 169, *range(224, 256)})
 
 
+def _plain_ipv4_hosts(raw: str) -> tuple[IPAddress, ...] | None:
+    """The addresses of ``raw`` when every item is a dotted quad of a host
+    address (first octet not in the ranges above) and none is listed twice:
+    the list of a big instance, read in bulk in C. None for anything else,
+    which the item-by-item path below reads and, if need be, reports."""
+    items = list(map(str.strip, raw.split(","), repeat(" \t")))
+    try:
+        packed = b"".join(map(_socket.inet_pton, repeat(_socket.AF_INET), items))
+    except (OSError, ValueError):
+        return None
+    if not _V4_FIRST_OCTETS_TO_CHECK.isdisjoint(packed[::4]):
+        return None
+    numbers = struct.unpack(f">{len(items)}I", packed)
+    if len(set(numbers)) != len(numbers):
+        return None
+    return tuple(map(ipaddress.IPv4Address, numbers))
+
+
 def _parse_addresses(device: Mapping[str, str], family: Family) -> tuple[IPAddress, ...]:
     key = f"{family}.address"
     raw = _value(device, key)
     if raw is None:
         return ()
+    if family == "ipv4":
+        plain = _plain_ipv4_hosts(raw)
+        if plain is not None:
+            return plain
     version = 4 if family == "ipv4" else 6
     result: list[IPAddress] = []
     seen: set[bytes] = set()  # packed: hashing an ipaddress object is slow
