@@ -331,7 +331,7 @@ class _MessageCounter:
 READ_SCENARIOS = {
     # The routes are IPv4 host routes: so are the foreign ones.
     "ipv4": 0.0,
-    # Informational: the IPv6 walk costs the kernel about twice as much per route.
+    # Half IPv6: its walk costs the kernel about twice as much per route.
     "half ipv6": 0.5,
 }
 

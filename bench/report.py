@@ -108,7 +108,6 @@ def verdicts(res: Results, n: int) -> list[Verdict]:
                     f"{s.note}; {s.routes} own; {parsed} route messages reached Python for "
                     f"{present} routes on the device (max {s.max * 1e3:.1f} ms)",
                     unit="s",
-                    informational=scenario != "ipv4",
                 )
             )
     return v
