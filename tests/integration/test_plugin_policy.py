@@ -422,7 +422,13 @@ def kernel_state(plug: PluginLab) -> str:
 
 def settled_kernel_state(plug: PluginLab) -> str:
     """``kernel_state`` once the kernel itself is done with the instances
-    just started (IPv6 link-local addresses come a moment later)."""
+    just started: the local routes of the veths' IPv6 link-local addresses
+    come when duplicate address detection ends."""
+
+    def tentative() -> str:
+        return plug.lab.ns_run("ip", "-6", "-o", "addr", "show", "tentative").stdout.strip()
+
+    assert until(lambda: not tentative(), 15), tentative()
     seen = [kernel_state(plug)]
 
     def same_twice() -> bool:
