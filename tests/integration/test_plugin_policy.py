@@ -295,6 +295,8 @@ def test_a_broken_file_keeps_the_last_good_policy(
     assert setup.wait_for_log("rejected whole", 5, count=rejections + 1), setup.log()
     # The metrics tell it too (what an alert watches).
     broken = policy_metrics(plug)
+    print(*(line for line in plug.cli("metrics").stdout.splitlines() if "_policy_" in line),
+          sep="\n")  # fmt: skip
     assert broken["incus_host_tables_policy_rejected"] == 1, broken
     assert (
         broken["incus_host_tables_policy_rejections_total"]
