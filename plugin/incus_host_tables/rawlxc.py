@@ -39,15 +39,29 @@ def hook_command(
     return command
 
 
+def _words(value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError:  # unbalanced quotes: not a line we wrote
+        return value.split()
+
+
 def _is_ours(line: str) -> bool:
     key, sep, value = line.partition("=")
     if not sep or key.strip() not in HOOK_KEYS:
         return False
-    try:
-        words = shlex.split(value)
-    except ValueError:  # unbalanced quotes: not a line we wrote
-        words = value.split()
+    words = _words(value)
     return LEGACY_MARK in value or bool(words and words[0].endswith(HOOK_SUFFIX))
+
+
+def hook_options(raw: str) -> dict[str, str]:
+    """The options (``--run-dir``, ``--rp-table``, ``--rule-priority``) the
+    plugin's first hook line in ``raw`` carries; {} when none."""
+    for line in raw.splitlines():
+        if _is_ours(line):
+            words = _words(line.partition("=")[2])
+            return dict(zip(words[1::2], words[2::2], strict=False))
+    return {}
 
 
 def remove_hooks(raw: str) -> str:

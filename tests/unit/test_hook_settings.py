@@ -100,3 +100,10 @@ def test_the_hook_client_hands_them_to_the_full_hook(
         2158,
         900,
     )
+
+
+def test_hook_options_read_back() -> None:
+    raw = rawlxc.add_hooks("lxc.environment = X=1\n", rawlxc.hook_command(HOOK, "/r x", rp_table=7))
+    assert rawlxc.hook_options(raw) == {"--run-dir": "/r x", "--rp-table": "7"}
+    assert rawlxc.hook_options(rawlxc.add_hooks("", rawlxc.hook_command(HOOK))) == {}
+    assert rawlxc.hook_options("lxc.environment = X=1\n") == {}
