@@ -95,8 +95,13 @@ def verdicts(res: Results, n: int) -> list[Verdict]:
             )
             v.append(Verdict(target, per.median / mine_per, 100, detail, unit="faster"))
     v += growth_verdicts(res)
+    # The few routes of one NIC (the smallest read figure of each scenario).
+    fewest: dict[str, int] = {}
     for s in res.series:
-        if s.name.startswith("read link routes") and s.routes <= 6:
+        if s.name.startswith("read link routes"):
+            fewest[s.name] = min(fewest.get(s.name, s.routes), s.routes)
+    for s in res.series:
+        if s.name.startswith("read link routes") and s.routes == fewest[s.name]:
             scenario = s.name[len("read link routes (") : -1]
             parsed = res.facts.get(f"route messages parsed reading {s.routes} own ({scenario})")
             present = res.facts.get(f"routes on the device, {s.routes} own ({scenario})")
@@ -287,6 +292,6 @@ def _plot_growth(ax: Any, res: Results) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("foreign routes on the host (IPv4 and IPv6, main and table 300)")
     ax.set_ylabel("ms for one NIC (median; bars: min-max)")
-    ax.set_title("one NIC (6 routes, 2 rules) as the host's tables grow", fontsize=9)
+    ax.set_title("one NIC (6 routes) as the host's tables grow", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
