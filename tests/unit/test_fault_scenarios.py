@@ -190,6 +190,10 @@ class Scenario:
     reference_environment: Callable[[FakeKernel], None] | None = None
     # A second fault that hits the rollback of the first one's batch.
     undo_fault: Fault | None = None
+    # A second fault armed with the first (the report the overflow drops).
+    second_fault: Fault | None = None
+    # Fail closed: the faulty sync leaves the kernel exactly as it was.
+    as_it_was: bool = False
 
 
 def err(e: int) -> str:
@@ -274,6 +278,26 @@ SCENARIOS = [
         "device apply/ENOBUFS on an add (no isolation policy)",
         converge_c1,
         Fault(Op.ADD_ROUTE, errno.ENOBUFS, nth=2),
+    ),
+    Scenario(
+        "device apply/receive buffer overflow (ENOBUFS) after the batch went in",
+        converge_c1,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=2),
+        as_it_was=True,
+    ),
+    Scenario(
+        "device apply/receive buffer overflow drops the report of a refused add",
+        converge_c1,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=1),
+        second_fault=Fault(Op.ADD_ROUTE, errno.EEXIST, nth=2),
+        as_it_was=True,
+    ),
+    Scenario(
+        "device cleanup/receive buffer overflow (ENOBUFS) during the deletes",
+        cleanup_c1_unknown,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=1),
+        prelude=[START_C1, start(C2)],
+        as_it_was=True,
     ),
     Scenario(
         "change/EBUSY removing the route of a table no longer chosen",
@@ -436,11 +460,17 @@ def test_single_fault_converges(scenario: Scenario) -> None:
     kernel, h, foreign = prepared(scenario)
     before = kernel.state()
     kernel.faults.append(scenario.fault)
-    if scenario.undo_fault is not None:
-        kernel.faults.append(scenario.undo_fault)
+    for extra in (scenario.undo_fault, scenario.second_fault):
+        if extra is not None:
+            kernel.faults.append(extra)
+    for fault in kernel.faults:
+        fault.after_writes += kernel.writes  # counted from here, not from the prelude
     errors = scenario.sync(h)
     assert scenario.fault.fired, "the fault was never reached"
-    assert scenario.undo_fault is None or scenario.undo_fault.fired
+    for extra in (scenario.undo_fault, scenario.second_fault):
+        assert extra is None or extra.fired
+    if scenario.as_it_was:
+        assert kernel.state() == before, "the failed apply left changes behind"
     assert_foreign_intact(kernel, foreign)
     if scenario.names is None:
         assert errors == ref_errors

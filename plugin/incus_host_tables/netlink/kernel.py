@@ -13,6 +13,11 @@ preference, not in its old place. So rule deletions are sent one by one: a
 failed apply leaves the rules as they were, unless one of those very
 deletions fails.
 
+Reports can be lost: when the socket's receive buffer overflows, the kernel
+drops them and the next read fails with ENOBUFS. Then nothing more is sent,
+the changes that took effect are read back from the kernel (readback.py)
+and undone: the apply fails closed, leaving the host as it was.
+
 Dumps ask the kernel to filter (strict checking: by table, protocol and
 output interface), so the routes of other interfaces never reach Python.
 Both directions are bulk code paths (see codec and docs/performance.md).
@@ -20,6 +25,7 @@ Both directions are bulk code paths (see codec and docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 import socket
@@ -30,7 +36,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
 from itertools import groupby
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from ..model import (
     AF_INET,
@@ -89,6 +95,15 @@ class ApplyError(Exception):
     @property
     def rolled_back(self) -> bool:
         return not self.undo_failures
+
+
+class _AcksLost(Exception):
+    """The receive buffer overflowed while a batch's failure reports were
+    read: some may be lost. ``sent``: how many of its messages were sent."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 class ChangeKind(StrEnum):
@@ -468,18 +483,54 @@ class Netlink:
         first, count = batch.first_seq, len(batch)
         bounds = sorted(breaks)
         sent = start
-        while sent < count and not failures:
-            later = bisect_right(bounds, sent)
-            stop = min(sent + CHUNK_MESSAGES, bounds[later] if later < len(bounds) else count)
-            self._sock.send(batch.data(sent, stop))
-            sent = stop
-            # rtnetlink handles requests synchronously inside send(): every
-            # report for this chunk is already queued.
-            self._collect(first, count, failures, until=None)
-        end_seq = self._next_seq()
-        self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, end_seq, b""))
-        self._collect(first, count, failures, until=end_seq)
+        try:
+            while sent < count and not failures:
+                later = bisect_right(bounds, sent)
+                stop = min(sent + CHUNK_MESSAGES, bounds[later] if later < len(bounds) else count)
+                self._sock.send(batch.data(sent, stop))
+                sent = stop
+                # rtnetlink handles requests synchronously inside send(): every
+                # report for this chunk is already queued.
+                self._collect(first, count, failures, until=None)
+            end_seq = self._next_seq()
+            self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, end_seq, b""))
+            self._collect(first, count, failures, until=end_seq)
+        except OSError as err:
+            if err.errno != errno_mod.ENOBUFS:
+                raise
+            # Nothing more is sent: what went through is read back instead.
+            self._drain()
+            raise _AcksLost(sent) from err
         return failures, sent
+
+    def _drain(self, attempts: int = 5) -> None:
+        """After an overflow: drop every queued reply, then send a no-op and
+        read up to its acknowledgement, so that no stale reply is left for
+        the next request (an empty buffer cannot drop that one)."""
+        for _ in range(attempts):
+            try:
+                while True:
+                    self._sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as err:
+                if err.errno != errno_mod.ENOBUFS:
+                    raise
+                continue  # more was dropped meanwhile: drain again
+            seq = self._next_seq()
+            self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, b""))
+            try:
+                while True:
+                    buf = self._sock.recv(RECV_BYTES)
+                    if any(
+                        kind == c.NLMSG_ERROR and mseq == seq
+                        for kind, _f, mseq, _s, _e in c.iter_messages(buf)
+                    ):
+                        return
+            except OSError as err:
+                if err.errno != errno_mod.ENOBUFS:
+                    raise
+        raise NetlinkError(errno_mod.ENOBUFS, "the netlink socket keeps overflowing")
 
     def _collect(
         self, first: int, count: int, failures: dict[int, tuple[int, str]], until: int | None
@@ -513,7 +564,10 @@ class Netlink:
             return
         with gc_paused():
             batch = encode_runs(runs, protocol, self._next_seq(count))
-            failures, sent = self._send_batch(batch, _breaks(runs))
+            try:
+                failures, sent = self._send_batch(batch, _breaks(runs))
+            except _AcksLost as lost:
+                self._roll_back_unacknowledged(changes_of(runs)[: lost.sent], protocol, ifname)
         if not failures:
             return
         changes = changes_of(runs)
@@ -529,6 +583,34 @@ class Netlink:
                     f"{done[j].describe(ifname)}: {os.strerror(uerr)} {utext}".strip()
                 )
         raise ApplyError(changes[first_bad].describe(ifname), err, text, undo_failures)
+
+    def _roll_back_unacknowledged(
+        self, sent: list[Change], protocol: int, ifname: str | None, attempts: int = 3
+    ) -> NoReturn:
+        """The failure reports of ``sent`` were lost: read back which of
+        them took effect and undo exactly those, in reverse order (bounded
+        retries, each from a fresh read); then raise ApplyError, which lists
+        whatever could not be undone. Fail closed: the apply is refused and
+        the host is as it was before it."""
+        from .readback import in_effect  # a rare path: kept off the import
+
+        def read_routes(family: int, table: int) -> list[KernelRoute]:
+            return self.routes(family, table=table)
+
+        done = in_effect(sent, protocol, read_routes, self.rules)
+        for _ in range(attempts):
+            if not done:
+                break
+            undo = encode_batch(done[::-1], protocol, self._next_seq(len(done)), undo=True)
+            with contextlib.suppress(_AcksLost):
+                self._send_batch_all(undo)
+            done = in_effect(sent, protocol, read_routes, self.rules)
+        raise ApplyError(
+            f"apply of {len(sent)} changes" + (f" on {ifname}" if ifname else ""),
+            errno_mod.ENOBUFS,
+            "the kernel's reports were lost; what took effect was read back",
+            [f"{change.describe(ifname)}: still in effect" for change in done],
+        )
 
     def _send_batch_all(self, batch: c.Batch) -> dict[int, tuple[int, str]]:
         """Like _send_batch, but keeps going after failures (for undo)."""
