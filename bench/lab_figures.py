@@ -17,7 +17,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lab import IncusLab
@@ -104,16 +103,19 @@ def _rss_peak_mb(pid: int) -> float:
 
 
 def storm(lab: IncusLab, daemon: PluginDaemon, count: int) -> dict[str, Any]:
-    """`count` containers started 8 at a time; the daemon alone converges them."""
+    """`count` containers started 8 at a time (IncusLab.FLEET_WORKERS); the
+    daemon alone converges them."""
     base = int(ipaddress.ip_address("198.18.0.0"))
     names = [f"s{count}x{i}" for i in range(count)]
     addrs = {str(ipaddress.ip_address(base + 1 + i)) for i in range(count)}
-    for name, addr in zip(names, sorted(addrs, key=ipaddress.ip_address), strict=True):
-        lab.launch(name, devices={"eth0": _nic(addr)}, start=False)
+    ordered = sorted(addrs, key=ipaddress.ip_address)
+    lab.launch_many(
+        {name: {"eth0": _nic(addr)} for name, addr in zip(names, ordered, strict=True)},
+        start=False,
+    )
     try:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda n: lab.incus("start", n), names))
+        lab.start_many(names)
         last_return = time.perf_counter()
         deadline = last_return + 30
         while not _converged(lab, addrs) and time.perf_counter() < deadline:
@@ -129,8 +131,7 @@ def storm(lab: IncusLab, daemon: PluginDaemon, count: int) -> dict[str, Any]:
             "pass": ok and after <= STORM_TARGET_S,
         }
     finally:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda n: lab.incus("delete", "--force", n, check=False), names))
+        lab.delete_many(names)
 
 
 def run(starts: int, sizes: list[int]) -> dict[str, Any]:
