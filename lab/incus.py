@@ -284,6 +284,11 @@ class IncusLab:
                 return
             self._stopped = True
         started = self.pids()
+        if self._orphan_reapers and self._proc is None and self.standalone:
+            # incusd was killed and not restarted: only an incusd can stop
+            # the containers it left running (killing their monitors would not).
+            with contextlib.suppress(Exception):
+                self.restart_incusd()
         try:
             self._stop_incusd()
             self._end_orphan_reapers()
