@@ -293,6 +293,15 @@ SCENARIOS = [
         as_it_was=True,
     ),
     Scenario(
+        "device apply/receive buffer overflow while the rollback of a refused add runs",
+        converge_c1,
+        Fault(Op.ADD_ROUTE, errno.EBUSY, nth=3),
+        # The batch's first send holds 7 changes (the deletions of main's
+        # copies would come in the next); the undo's come next.
+        second_fault=Fault(Op.RECV, errno.ENOBUFS, after_writes=8),
+        as_it_was=True,
+    ),
+    Scenario(
         "device cleanup/receive buffer overflow (ENOBUFS) during the deletes",
         cleanup_c1_unknown,
         Fault(Op.RECV, errno.ENOBUFS, after_writes=1),

@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
 from itertools import groupby
 from operator import itemgetter
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from ..model import (
     AF_INET,
@@ -567,7 +567,13 @@ class Netlink:
             try:
                 failures, sent = self._send_batch(batch, _breaks(runs))
             except _AcksLost as lost:
-                self._roll_back_unacknowledged(changes_of(runs)[: lost.sent], protocol, ifname)
+                left = self._undo_by_reading(changes_of(runs)[: lost.sent], protocol, ifname)
+                raise ApplyError(
+                    f"apply of {count} changes" + (f" on {ifname}" if ifname else ""),
+                    errno_mod.ENOBUFS,
+                    "the kernel's reports were lost; what took effect was read back",
+                    left,
+                ) from None
         if not failures:
             return
         changes = changes_of(runs)
@@ -577,40 +583,38 @@ class Netlink:
         undo_failures: list[str] = []
         if done:
             undo = encode_batch(done, protocol, self._next_seq(len(done)), undo=True)
-            undo_errors = self._send_batch_all(undo)
+            try:
+                undo_errors = self._send_batch_all(undo)
+            except _AcksLost:  # the undo's own reports: read back what is left
+                undo_failures = self._undo_by_reading(done[::-1], protocol, ifname)
+                undo_errors = {}
             for j, (uerr, utext) in sorted(undo_errors.items()):
                 undo_failures.append(
                     f"{done[j].describe(ifname)}: {os.strerror(uerr)} {utext}".strip()
                 )
         raise ApplyError(changes[first_bad].describe(ifname), err, text, undo_failures)
 
-    def _roll_back_unacknowledged(
-        self, sent: list[Change], protocol: int, ifname: str | None, attempts: int = 3
-    ) -> NoReturn:
-        """The failure reports of ``sent`` were lost: read back which of
-        them took effect and undo exactly those, in reverse order (bounded
-        retries, each from a fresh read); then raise ApplyError, which lists
-        whatever could not be undone. Fail closed: the apply is refused and
-        the host is as it was before it."""
+    def _undo_by_reading(
+        self, changes: list[Change], protocol: int, ifname: str | None, attempts: int = 3
+    ) -> list[str]:
+        """The reports of ``changes`` (in batch order) were lost: read back
+        which of them took effect and undo exactly those, in reverse order,
+        with bounded retries, each from a fresh read. Returns what could
+        not be undone (empty: the host is as it was before them)."""
         from .readback import in_effect  # a rare path: kept off the import
 
         def read_routes(family: int, table: int) -> list[KernelRoute]:
             return self.routes(family, table=table)
 
-        done = in_effect(sent, protocol, read_routes, self.rules)
+        done = in_effect(changes, protocol, read_routes, self.rules)
         for _ in range(attempts):
             if not done:
                 break
             undo = encode_batch(done[::-1], protocol, self._next_seq(len(done)), undo=True)
             with contextlib.suppress(_AcksLost):
                 self._send_batch_all(undo)
-            done = in_effect(sent, protocol, read_routes, self.rules)
-        raise ApplyError(
-            f"apply of {len(sent)} changes" + (f" on {ifname}" if ifname else ""),
-            errno_mod.ENOBUFS,
-            "the kernel's reports were lost; what took effect was read back",
-            [f"{change.describe(ifname)}: still in effect" for change in done],
-        )
+            done = in_effect(changes, protocol, read_routes, self.rules)
+        return [f"{change.describe(ifname)}: still in effect" for change in done]
 
     def _send_batch_all(self, batch: c.Batch) -> dict[int, tuple[int, str]]:
         """Like _send_batch, but keeps going after failures (for undo)."""
