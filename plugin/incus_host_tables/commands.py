@@ -341,7 +341,7 @@ def _device_status(
     if snap.status != "Running" or ifindex is None:
         if row.state == "ok":
             row.state = "stopped"
-    elif intent is not None and host_name and engine.plan_device(host_name, intent).plan:
+    elif intent is not None and host_name and engine.plan_device(host_name, intent, full=True).plan:
         row.state = "drift"
     return row
 

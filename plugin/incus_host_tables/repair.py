@@ -62,6 +62,9 @@ class RepairReason(Enum):
     DUMP_INTERRUPTED = "dump-interrupted"  # a dump kept being interrupted: full resync
 
 
+_FULL = frozenset({RepairReason.RESYNC, RepairReason.OVERFLOW, RepairReason.DUMP_INTERRUPTED})
+
+
 @dataclass(frozen=True)
 class ManagedDevice:
     project: str
@@ -432,7 +435,9 @@ class Repairer:
                         or index in self._down
                     ):
                         return
-                dp = engine.converge(device.host_name, device.intent)
+                # A resync reads every table: it also catches what a read
+                # scoped by the applied-tables record cannot see (facts.py).
+                dp = engine.converge(device.host_name, device.intent, full=drift.reason in _FULL)
         except InterfaceMissing:
             log.debug("%s: interface gone; no longer repaired", device.label)
             self.forget(device.project, device.instance)

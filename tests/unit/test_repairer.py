@@ -48,12 +48,14 @@ class FakeEngine:
     """Converges report one change (the route put back) unless told otherwise."""
 
     converged: list[str] = field(default_factory=list)
+    full_reads: list[bool] = field(default_factory=list)
     rules_resyncs: int = 0
     fail: Exception | None = None
     changes: list[str] = field(default_factory=lambda: ["+ route 198.51.100.10/32 table 100"])
 
-    def converge(self, ifname: str, intent: DeviceIntent) -> FakePlan:
+    def converge(self, ifname: str, intent: DeviceIntent, *, full: bool = False) -> FakePlan:
         self.converged.append(ifname)
+        self.full_reads.append(full)
         if self.fail is not None:
             raise self.fail
         return FakePlan(list(self.changes))
@@ -164,6 +166,8 @@ def test_an_interrupted_dump_triggers_a_full_resync(repairer: Repairer, engine: 
     engine.fail = None
     repairer.run_due()  # the resync: every device, then the rules
     assert engine.converged == ["veth1", "veth1", "veth2"]
+    # The notification's repair reads the record's tables; the resync every table.
+    assert engine.full_reads == [False, True, True]
     assert engine.rules_resyncs == 1
     trigger = repairer.metrics.registry.get_sample_value(
         "incus_host_tables_resyncs_total", {"trigger": "dump-interrupted"}
