@@ -50,7 +50,7 @@ class RecordError(ValueError):
     """A record that cannot be trusted (the reader falls back to a full read)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Applied:
     """Where the plugin's routes on one interface may be.
 
@@ -67,6 +67,17 @@ class Applied:
 
     def main_of(self, family: int) -> frozenset[Prefix]:
         return self.main.get(family, frozenset())
+
+    def _key(self) -> tuple[tuple[frozenset[int], frozenset[Prefix], bool], ...]:
+        return tuple(
+            (self.tables_of(f), self.main_of(f), f in self.main_any) for f in FAMILY_WORDS
+        )
+
+    def __eq__(self, other: object) -> bool:  # an absent family is an empty one
+        return isinstance(other, Applied) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __bool__(self) -> bool:
         return bool(self.main_any or any(self.tables.values()) or any(self.main.values()))

@@ -338,6 +338,7 @@ class Engine:
         widen = ahead and (now is None or not now.covers(ahead))
         if name is not None and index is not None and ahead is not None and widen:
             self.records.write(name, index, ahead)
+            now = ahead
         with gc_paused():
             self.nl.apply_runs(dp.runs(), self.protocol, dp.ifname)
         if name is None or dp.record_after is None or dp.record_after == now:

@@ -276,6 +276,7 @@ class Netlink:
                 socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, c.NETLINK_FIB_LOOKUP
             )
             self._fib.bind((0, 0))
+            self._fib.settimeout(1.0)  # an answer never comes: taken as no lookup
         except OSError:
             if self._fib is not None:
                 self._fib.close()
@@ -466,16 +467,19 @@ class Netlink:
         if sock is None or not 0 < table < 256:
             return None
         out: list[int | None] = []
-        for dst in dsts:
-            seq = self._next_seq()
-            sock.send(c.fib_lookup_request(seq, table, dst))
-            while True:
-                buf = sock.recv(RECV_BYTES)
-                length, _kind, _flags, mseq, _pid = c.NLMSGHDR.unpack_from(buf, 0)
-                if mseq == seq and length >= c.HDR + c.FIB_RESULT_NL.size:
-                    break
-            err, prefixlen = c.decode_fib_lookup(buf, c.HDR)
-            out.append(prefixlen if not err else (-1 if err == errno_mod.EAGAIN else None))
+        try:
+            for dst in dsts:
+                seq = self._next_seq()
+                sock.send(c.fib_lookup_request(seq, table, dst))
+                while True:
+                    buf = sock.recv(RECV_BYTES)
+                    length, _kind, _flags, mseq, _pid = c.NLMSGHDR.unpack_from(buf, 0)
+                    if mseq == seq and length >= c.HDR + c.FIB_RESULT_NL.size:
+                        break
+                err, prefixlen = c.decode_fib_lookup(buf, c.HDR)
+                out.append(prefixlen if not err else (-1 if err == errno_mod.EAGAIN else None))
+        except TimeoutError:
+            return None
         return out
 
     def probe(
