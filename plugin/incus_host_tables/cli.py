@@ -521,7 +521,12 @@ def _instances(args: argparse.Namespace) -> int:
             if refusal is not None:
                 print(f"error: {refusal}", file=sys.stderr)
                 return ExitCode.ENVIRONMENT
-            command = profiles.enable_command(profiles.hook_path(args.hook), run_dir())
+            command = profiles.enable_command(
+                profiles.hook_path(args.hook),
+                run_dir(),
+                rp_table=args.rp_table,
+                rule_priority=args.rule_priority,
+            )
         client = IncusClient(args.socket)
     except (IncusError, profiles.HookMissingError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ from .exitcodes import ExitCode
 from .formats import Format, render
 from .incus import IncusClient, InstanceSnapshot
 from .lifecycle import Lifecycle, Outcome
-from .model import LOCAL_TABLE, Rule
+from .model import LOCAL_TABLE, KernelRoute, Rule
 from .policy import Policy, device_violations
 from .rttables import SystemTableNames
 from .rulecheck import PolicyRule, intent_warnings
@@ -121,9 +121,14 @@ def _outcome_records(out: Outcome) -> list[Record]:
 
 
 def _isolation_records(
-    out: Outcome, snap: InstanceSnapshot, engine: Engine, lifecycle: Lifecycle
+    out: Outcome,
+    snap: InstanceSnapshot,
+    engine: Engine,
+    lifecycle: Lifecycle,
+    gone: list[KernelRoute],
 ) -> list[Record]:
-    """What isolating a failed instance would remove (a dry run does not)."""
+    """What isolating a failed instance would remove (a dry run does not);
+    the routes go to ``gone``."""
     who = f"{out.project}/{out.name}"
     records: list[Record] = []
     for nic in snap.nics:
@@ -134,6 +139,7 @@ def _isolation_records(
         except ConfigError:
             intent = None
         dp = engine.plan_cleanup(nic.host_name, intent)
+        gone += dp.plan.route_delete
         records += [Record(who, nic.device, RecordKind.ISOLATION, line) for line in dp.lines()]
     return records
 
@@ -155,6 +161,7 @@ def act(
     rc = EXIT_OK
     records: list[Record] = []
     added_rules: set[str] = set()
+    gone: list[KernelRoute] = []  # a dry run's isolations: what they would remove
     for snap in snapshots:
         nics = snap.nics
         if action == "cleanup" or snap.status != "Running":
@@ -163,7 +170,7 @@ def act(
             out = lifecycle.start(snap.project, snap.name, nics, dry_run=dry_run)
         found = _outcome_records(out)
         if dry_run and not out.ok:
-            found += _isolation_records(out, snap, engine, lifecycle)
+            found += _isolation_records(out, snap, engine, lifecycle, gone)
         if dry_run:
             # Each instance is planned against the unchanged kernel, so a
             # rule that several need shows in each plan; the real run adds
@@ -175,8 +182,13 @@ def act(
         if not out.ok:
             rc = EXIT_PROBLEM
     if action == "reconcile":
-        dp = engine.resync_rules(dry_run=dry_run)
-        rules = [Record("", "", RecordKind.CHANGE, line) for line in dp.lines()]
+        # Each isolation is planned against the unchanged kernel: a rule that
+        # only isolated instances held shows here, once they count as gone.
+        dp = engine.plan_rules_resync(gone) if dry_run else engine.resync_rules()
+        shown = {r.text for r in records}
+        rules = [
+            Record("", "", RecordKind.CHANGE, line) for line in dp.lines() if line not in shown
+        ]
         if fmt is Format.TABLE:
             _print_records(rules)
         records += rules

@@ -106,6 +106,8 @@ class Daemon:
         self.metrics = Metrics(
             managed_instances=self._managed_instances,
             reasons=[reason.value for reason in RepairReason],
+            policy_rejected=lambda: ACTIVE_POLICY.rejected,
+            policy_loaded_at=lambda: ACTIVE_POLICY.loaded_at,
         )
         self.metrics_textfile = metrics_textfile
         self.repairer = Repairer(
@@ -354,7 +356,9 @@ class Daemon:
         # Subscribed to the kernel's notifications before the first reconcile.
         self.repairer.start()
         # Tenant policy (policywatch.py): a new policy re-evaluates every instance.
-        policy_watcher = PolicyWatcher(ACTIVE_POLICY)
+        policy_watcher = PolicyWatcher(
+            ACTIVE_POLICY, on_rejected=self.metrics.policy_rejections.inc
+        )
         _log_policy()
         policy_watcher.start(lambda: self._pool.submit(self._on_connected))
         log.info("watching Incus events; hooks served on %s", server.path)

@@ -428,7 +428,7 @@ def check_hooks(facts: HostFacts) -> list[Check]:
             )
             continue
         if rawlxc.has_hooks(inst.expanded_raw_lxc):
-            out.append(Check(name, Level.OK, "start-host and post-stop hooks attached"))
+            out.append(_hook_line_check(name, inst.expanded_raw_lxc, facts.rp_table))
             continue
         why = (
             "its own raw.lxc replaces its profiles' raw.lxc, which drops the hooks"
@@ -448,6 +448,22 @@ def check_hooks(facts: HostFacts) -> list[Check]:
         )
         out.append(Check(name, level, f"no hooks: {why}; {covered}", fix))
     return out
+
+
+def _hook_line_check(name: str, raw: str, rp_table: int) -> Check:
+    """Attached hooks; a hook that runs without the daemon takes its
+    reverse-path table from its line (`enable` writes it), so it must be
+    this host's."""
+    written = rawlxc.hook_options(raw).get("--rp-table", str(DEFAULT_RP_TABLE))
+    if written == str(rp_table):
+        return Check(name, Level.OK, "start-host and post-stop hooks attached")
+    return Check(
+        name,
+        Level.WARN,
+        f"hooks attached, but their line names reverse-path table {written} and this host "
+        f"uses {rp_table}: a start without the daemon puts its copies in table {written}",
+        f"incus-host-tables --rp-table {rp_table} enable --profile PROFILE (or --all-profiles)",
+    )
 
 
 def check_tables(facts: HostFacts) -> list[Check]:

@@ -21,7 +21,14 @@ from .applied import NOTHING, Applied, AppliedStore, RecordRead, RecordState, ap
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY, rules_for_intent
 from .diff import Plan
-from .facts import FAMILIES, MAIN_PROBE_LIMIT, DeviceFacts, FactReader, candidates
+from .facts import (
+    FAMILIES,
+    MAIN_PROBE_LIMIT,
+    DeviceFacts,
+    FactReader,
+    HostFacts,
+    candidates,
+)
 from .locking import host_lock
 from .model import (
     KernelRoute,
@@ -319,9 +326,16 @@ class Engine:
             plan = planner.plan_cleanup(intent, facts, self.settings, families)
             return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
-    def plan_rules_resync(self) -> DevicePlan:
-        """Full resync of the plugin's rules from the plugin's routes."""
-        plan = planner.plan_rules_resync(self.facts.host(), self.settings)
+    def plan_rules_resync(self, gone: Collection[KernelRoute] = ()) -> DevicePlan:
+        """Full resync of the plugin's rules from the plugin's routes.
+        ``gone``: routes to count as removed already (a dry run's planned
+        removals, so that it plans the rules the real run ends with)."""
+        host = self.facts.host()
+        if gone:
+            removed = {(kr.route, kr.oif) for kr in gone}
+            kept = [kr for kr in host.plugin_routes if (kr.route, kr.oif) not in removed]
+            host = HostFacts(kept, host.plugin_rules)
+        plan = planner.plan_rules_resync(host, self.settings)
         return DevicePlan(None, None, plan)
 
     # -- applying ------------------------------------------------------------

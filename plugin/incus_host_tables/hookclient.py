@@ -28,9 +28,14 @@ DEFAULT_RUN_DIR = "/run/incus-host-tables"
 TIMEOUT = 60.0  # seconds; LXC itself waits for the hook without a limit
 
 
-def fallback_argv(hook: str) -> list[str]:
+# Host settings `enable` writes into the hook line when they are not the
+# defaults; the full hook takes them as the command's global options.
+SETTING_OPTIONS = ("--rp-table", "--rule-priority")
+
+
+def fallback_argv(hook: str, settings: list[str] | None = None) -> list[str]:
     """No daemon: the full path, in a fresh interpreter with site-packages."""
-    return [sys.executable, "-I", "-m", "incus_host_tables", "hook", hook]
+    return [sys.executable, "-I", "-m", "incus_host_tables", *(settings or []), "hook", hook]
 
 
 def request_line(fields: list[str]) -> bytes:
@@ -74,11 +79,16 @@ def _ask(path: str, fields: list[str]) -> bytes | None:
 def main() -> int:
     # LXC runs hooks with its own environment, so a run dir other than the
     # default comes as `--run-dir DIR`, written into raw.lxc by `enable`.
+    # So do a reverse-path table and a rule priority other than the defaults.
     args = sys.argv[1:]
     run_dir = os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR)
-    if args[:1] == ["--run-dir"] and len(args) > 1:
-        run_dir, args = args[1], args[2:]
-        os.environ[RUN_DIR_ENV] = run_dir
+    settings: list[str] = []
+    while len(args) > 1 and (args[0] == "--run-dir" or args[0] in SETTING_OPTIONS):
+        if args[0] == "--run-dir":
+            run_dir = os.environ[RUN_DIR_ENV] = args[1]
+        else:
+            settings += args[:2]
+        args = args[2:]
     # LXC appends: container name, section ("lxc"), hook type.
     hook = os.environ.get("LXC_HOOK_TYPE") or (args[2] if len(args) > 2 else "")
     fields = [hook, os.environ.get("LXC_NAME", ""), os.environ.get("LXC_CONFIG_FILE", "")]
@@ -90,7 +100,7 @@ def main() -> int:
             print(f"incus-host-tables: no answer from the daemon: {err}", file=sys.stderr)
             return 1
     if data is None:
-        argv = fallback_argv(hook)
+        argv = fallback_argv(hook, settings)
         os.execv(argv[0], argv)
     ok, message = parse_reply(data)
     if ok:

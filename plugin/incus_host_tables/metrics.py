@@ -52,7 +52,12 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 class Metrics:
     def __init__(
-        self, managed_instances: Callable[[], int] = lambda: 0, reasons: Iterable[str] = ()
+        self,
+        managed_instances: Callable[[], int] = lambda: 0,
+        reasons: Iterable[str] = (),
+        *,
+        policy_rejected: Callable[[], bool] = lambda: False,
+        policy_loaded_at: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.repairs = self._counter(
@@ -92,11 +97,26 @@ class Metrics:
             "last_event_timestamp_seconds",
             "When the last Incus lifecycle event was received (Unix time)",
         )
+        # The tenant policy (policywatch.py): a bad edit keeps the last good
+        # policy in force, which only the log would tell without these.
+        self.policy_rejected = self._gauge(
+            "policy_rejected",
+            "1 while the policy file on disk is rejected and the last good policy is in force",
+            lambda: int(policy_rejected()),
+        )
+        self.policy_rejections = self._counter(
+            "policy_rejections", "Re-reads of the policy file that rejected it"
+        )
+        self.policy_loaded = self._gauge(
+            "policy_loaded_timestamp_seconds",
+            "When the policy file was last loaded and put in force (Unix time; 0: never)",
+            lambda: policy_loaded_at() or 0.0,
+        )
 
     def _counter(self, name: str, text: str, *labels: str) -> Counter:
         return Counter(f"{PREFIX}_{name}", text, labels, registry=self.registry)
 
-    def _gauge(self, name: str, text: str, value: Callable[[], int] | None = None) -> Gauge:
+    def _gauge(self, name: str, text: str, value: Callable[[], float] | None = None) -> Gauge:
         gauge = Gauge(f"{PREFIX}_{name}", text, registry=self.registry)
         if value is not None:
             gauge.set_function(lambda: float(value()))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -379,6 +380,7 @@ class ActivePolicy:
         self._policy: Policy | None = None
         self._loaded = False
         self.error: str | None = None  # why the file on disk is not in force
+        self.loaded_at: float | None = None  # Unix time of the last good load
 
     @property
     def path(self) -> str:
@@ -389,6 +391,7 @@ class ActivePolicy:
         the default) from now on."""
         with self._lock:
             self._path, self._policy, self._loaded, self.error = path, None, False, None
+            self.loaded_at = None
 
     def load(self) -> Policy | None:
         """Read the file now and put it in force; PolicyError keeps the last
@@ -402,7 +405,14 @@ class ActivePolicy:
             raise
         with self._lock:
             self._policy, self._loaded, self.error = policy, True, None
+            self.loaded_at = time.time()
         return policy
+
+    @property
+    def rejected(self) -> bool:
+        """The file on disk was refused and the last good policy (or, before
+        any good one, a refusal of everything) is in force."""
+        return self.error is not None
 
     def current(self) -> Policy | None:
         """The policy in force; loads it on first use. PolicyError when no

@@ -32,8 +32,15 @@ def file_identity(path: str) -> FileIdentity:
 
 
 class PolicyWatcher:
-    def __init__(self, active: ActivePolicy, *, interval: float = POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        active: ActivePolicy,
+        *,
+        interval: float = POLL_SECONDS,
+        on_rejected: Callable[[], object] = lambda: None,
+    ) -> None:
         self.active = active
+        self.on_rejected = on_rejected  # counts it (metrics.py)
         self.interval = interval
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -84,6 +91,7 @@ class PolicyWatcher:
             after = self.active.load()
         except PolicyError as err:
             self.rejections += 1
+            self.on_rejected()
             log.error("%s; rejected whole, the last good policy stays in force", err)
             return False
         self.reloads += 1

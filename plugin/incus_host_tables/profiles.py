@@ -70,12 +70,13 @@ def apply(client: IncusClient, refs: list[ProfileRef], command: str | None) -> i
     return ExitCode.OK
 
 
-def enable_command(hook: str, run_dir: str) -> str:
-    """The hook command for raw.lxc; the hook must exist, or every container
-    start with this profile would fail."""
+def enable_command(hook: str, run_dir: str, *, rp_table: int, rule_priority: int) -> str:
+    """The hook command for raw.lxc, with the host settings in use (a hook
+    without the daemon must act as the daemon would); the hook must exist,
+    or every container start with this profile would fail."""
     if not os.access(hook, os.X_OK) or not os.path.isfile(hook):
         raise HookMissingError(
             f"hook {hook} is missing or not executable: install the package "
             "or run `incus-host-tables install` first"
         )
-    return rawlxc.hook_command(hook, run_dir)
+    return rawlxc.hook_command(hook, run_dir, rp_table=rp_table, rule_priority=rule_priority)

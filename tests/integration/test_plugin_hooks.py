@@ -145,3 +145,37 @@ def test_disable_removes_only_the_hooks(plug: PluginLab, hook_profile: str) -> N
     # Without hooks (and no daemon), Incus alone: the route leaks into main.
     plug.launch("hnohook", profiles=[hook_profile], devices={"eth0": nic(164, "100")})
     assert plug.tables("198.51.100.164") == {"main"}
+
+
+def test_enable_with_another_rp_table_reaches_the_hook_without_daemon(
+    plug: PluginLab, hook_profile: str
+) -> None:
+    """`enable --rp-table 2158` writes the table into the hook line, so a
+    start without the daemon puts the reverse-path copy where the daemon
+    (run with the same option) would: table 2158, rule `iif lo lookup 2158`."""
+    plug.defer(lambda: plug.cli("enable", "--profile", hook_profile))  # the default line back
+    out = plug.cli("--rp-table", "2158", "enable", "--profile", hook_profile)
+    assert out.returncode == 0 and "unchanged" not in out.stdout, out
+    hooks = [line for line in raw_lxc(plug.lab).splitlines() if line.startswith("lxc.hook.")]
+    assert len(hooks) == 2 and all(line.endswith(" --rp-table 2158") for line in hooks), hooks
+    out = plug.cli("--rp-table", "2158", "enable", "--profile", hook_profile)
+    assert out.returncode == 0 and "unchanged" in out.stdout, out
+
+    name, a4, a6 = "hrp2158", "198.51.100.165", "2001:db8:165::1"
+    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(165, "100")})
+    host_if = plug.host_name(name)
+    for addr in (a4, a6):
+        by_table = {e["table"]: e for e in plug.lab.route_entries(addr)}
+        assert set(by_table) == {"100", "2158"}, by_table
+        assert by_table["2158"]["dev"] == host_if, by_table
+        assert str(by_table["2158"].get("protocol")) == "158", by_table
+    assert plug.rules() == {("4", "2158", -1), ("6", "2158", -1)}
+    for fam in ("-4", "-6"):
+        rules = json.loads(plug.lab.ns_run("ip", "-j", fam, "rule", "show").stdout)
+        ours = [r for r in rules if str(r.get("protocol")) == "158"]
+        assert [(r["priority"], r["iif"], r["table"]) for r in ours] == [(1100, "lo", "2158")]
+
+    # The post-stop hook of the same line removes them from 2158 again.
+    plug.lab.incus("stop", "--force", name)
+    assert plug.until(lambda: plug.rules() == set(), 2.0), plug.rules()
+    assert plug.lab.route_entries(a4) == [] and plug.lab.route_entries(a6) == []

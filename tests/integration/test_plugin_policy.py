@@ -270,14 +270,40 @@ def test_removing_the_table_isolates_the_running_instance(
     assert clients["t100"].ping_within(a4, 5)
 
 
+def policy_metrics(plug: PluginLab) -> dict[str, float]:
+    """The policy's samples in the running daemon's `metrics` output."""
+    out = plug.cli("metrics")
+    assert out.returncode == 0, out
+    found = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("incus_host_tables_policy_"):
+            name, value = line.split()
+            found[name] = float(value)
+    return found
+
+
 def test_a_broken_file_keeps_the_last_good_policy(
     plug: PluginLab, policy: Path, setup: PluginDaemon, clients: dict[str, Client]
 ) -> None:
     a4 = "198.51.100.143"
     launch(plug, "pa5", PROJECT_A, nic(a4, "100"))
     rejections = setup.log().count("rejected whole")
+    before = policy_metrics(plug)
+    assert before["incus_host_tables_policy_rejected"] == 0, before
+    assert before["incus_host_tables_policy_loaded_timestamp_seconds"] > 0, before
     policy.write_text(BROKEN)
     assert setup.wait_for_log("rejected whole", 5, count=rejections + 1), setup.log()
+    # The metrics tell it too (what an alert watches).
+    broken = policy_metrics(plug)
+    print(*(line for line in plug.cli("metrics").stdout.splitlines() if "_policy_" in line),
+          sep="\n")  # fmt: skip
+    assert broken["incus_host_tables_policy_rejected"] == 1, broken
+    assert (
+        broken["incus_host_tables_policy_rejections_total"]
+        == before["incus_host_tables_policy_rejections_total"] + 1
+    ), broken
+    loaded = broken["incus_host_tables_policy_loaded_timestamp_seconds"]
+    assert loaded == before["incus_host_tables_policy_loaded_timestamp_seconds"], broken
     # Still in force: the instance stays, a violation is still refused.
     assert clients["t100"].ping_within(a4, 5)
     log = refused_start(plug, "pa6", PROJECT_A, nic("198.51.100.144", "200"))
@@ -290,6 +316,15 @@ def test_a_broken_file_keeps_the_last_good_policy(
     out = plug.cli("watch", "--policy", str(policy))
     assert out.returncode == 1, out
     assert out.stderr.startswith(f"error: policy {policy}: not valid YAML"), out.stderr
+    # Fixed: in force again, no longer rejected, the count stays.
+    policy.write_text(POLICY)
+    assert until(lambda: policy_metrics(plug)["incus_host_tables_policy_rejected"] == 0, 5)
+    fixed = policy_metrics(plug)
+    assert fixed["incus_host_tables_policy_loaded_timestamp_seconds"] > loaded, fixed
+    assert (
+        fixed["incus_host_tables_policy_rejections_total"]
+        == broken["incus_host_tables_policy_rejections_total"]
+    ), fixed
 
 
 def test_validate_and_preview_a_policy_file(plug: PluginLab, tmp_path: Path) -> None:
@@ -366,3 +401,112 @@ def test_doctor_healthy_and_broken(
     assert out.returncode == 0 and warning in out.stderr, out
     out = plug.cli("status", "pa8", "--project", PROJECT_A)
     assert warning in out.stdout, out
+
+
+STRICT = f"""
+projects:
+  {PROJECT_A}:
+    tables: [150]
+  {PROJECT_B}:
+    tables: [200]
+    ipv4: [198.51.100.56/30]
+"""
+
+
+def kernel_state(plug: PluginLab) -> str:
+    """Every route and rule of H, as `ip` prints them."""
+    return "".join(
+        plug.lab.ns_run("ip", fam, what, "show", *extra).stdout
+        for fam in ("-4", "-6")
+        for what, extra in (("route", ("table", "all")), ("rule", ()))
+    )
+
+
+def settled_kernel_state(plug: PluginLab) -> str:
+    """``kernel_state`` once the kernel itself is done with the instances
+    just started: the local routes of the veths' IPv6 link-local addresses
+    come when duplicate address detection ends."""
+
+    def tentative() -> str:
+        return plug.lab.ns_run("ip", "-6", "-o", "addr", "show", "tentative").stdout.strip()
+
+    assert until(lambda: not tentative(), 15), tentative()
+    seen = [kernel_state(plug)]
+
+    def same_twice() -> bool:
+        time.sleep(0.5)
+        seen.append(kernel_state(plug))
+        return seen[-1] == seen[-2]
+
+    assert until(same_twice, 15), seen[-1]
+    return seen[-1]
+
+
+def test_reconcile_dry_run_previews_a_stricter_policy(
+    plug: PluginLab, setup: PluginDaemon, clients: dict[str, Client], tmp_path: Path
+) -> None:
+    a4, a6 = "198.51.100.150", "2001:db8:a0::150"  # ihtpa, table 100: refused by STRICT
+    b4_in, b4_out = "198.51.100.57", "198.51.100.62"  # ihtpb: inside, outside STRICT's /30
+    launch(plug, "pr1", PROJECT_A, nic(a4, "100", a6))
+    launch(plug, "pr2", PROJECT_B, nic(b4_in, "200"))
+    launch(plug, "pr3", PROJECT_B, nic(b4_out, "200"))
+    assert plug.tables(a4) == plug.tables(a6) == {"100"}
+    assert plug.tables(b4_in) == plug.tables(b4_out) == {"200"}
+    # The daemon (with the module's policy) would undo the real run at once.
+    setup.stop()
+    plug.defer(setup.start)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(STRICT)
+    ours = {a: plug.lab.route_entries(a) for a in (a4, a6, b4_in, b4_out)}
+
+    before = settled_kernel_state(plug)
+    preview = plug.cli("reconcile", "--all-projects", "--dry-run", "--policy", str(strict))
+    print(preview.stdout, preview.stderr, sep="\n")
+    assert kernel_state(plug) == before  # nothing changed, byte for byte
+    assert preview.returncode == 1, preview
+    refused_a = (
+        "device eth0 user.ipv{}.host_tables='100': table 100 not allowed: project "
+        f"'{PROJECT_A}' may use only projects.{PROJECT_A}.tables [150] ({strict})"
+    )
+    assert preview.stderr.splitlines() == [
+        f"error: {PROJECT_A}/pr1: policy violation: {refused_a.format(4)}; {refused_a.format(6)}",
+        f"error: {PROJECT_B}/pr3: policy violation: device eth0 ipv4.address='{b4_out}': "
+        f"{b4_out} outside projects.{PROJECT_B}.ipv4 [198.51.100.56/30] of project "
+        f"'{PROJECT_B}' ({strict})",
+    ], preview.stderr
+    isolated = [line for line in preview.stdout.splitlines() if ": isolate: " in line]
+    assert {line.split(":")[0] for line in isolated} == {
+        f"{PROJECT_A}/pr1 eth0",
+        f"{PROJECT_B}/pr3 eth0",
+    }, preview.stdout
+    # One line per route the real run removes: every table, reverse path included.
+    expected = {(a, e["table"]) for a in (a4, a6, b4_out) for e in ours[a]}
+    assert {t for _, t in expected} == {"100", "200", plug.RP_TABLE}, expected
+    # pr1 is the only instance with IPv6: its reverse-path rule goes with it.
+    rules = [line for line in isolated if ": isolate: - rule " in line]
+    assert rules == [f"{PROJECT_A}/pr1 eth0: isolate: - rule -6 pref 1100 iif lo lookup 1158"]
+    assert len(isolated) == len(expected) + len(rules), preview.stdout
+    for addr, table in expected:
+        assert any(f" {addr}/" in line and f"table {table}" in line for line in isolated), (
+            addr,
+            table,
+            preview.stdout,
+        )
+    assert clients["t100"].ping(a4) and clients["t200"].ping(b4_out)
+
+    # The same without --dry-run does it.
+    out = plug.cli("reconcile", "--all-projects", "--policy", str(strict))
+    print(out.stdout, out.stderr, sep="\n")
+    assert out.returncode == 1, out
+    assert [line for line in out.stderr.splitlines() if line.startswith("error: ")] == (
+        preview.stderr.splitlines()
+    ), out.stderr
+    for addr in (a4, a6, b4_out):
+        assert plug.lab.route_entries(addr) == [], plug.lab.route_entries(addr)
+    assert plug.lab.route_entries(b4_in) == ours[b4_in]
+    assert plug.rules() == {("4", plug.RP_TABLE, -1)}
+    assert not clients["t100"].ping(a4) and not clients["t200"].ping(b4_out)
+    assert clients["t200"].ping_within(b4_in, 5)
+    # Nothing else changed: the preview's lines were the whole story.
+    after = plug.cli("reconcile", "--all-projects", "--dry-run", "--policy", str(strict))
+    assert ": isolate: " not in after.stdout, after.stdout

@@ -170,3 +170,14 @@ def test_exit_codes_and_rendering() -> None:
     assert exit_code([warn, fail]) is DoctorExit.FAILURES
     assert render([ok, warn], "table").splitlines() == ["ok    a  fine", "warn  b  hm -> do x"]
     assert '"level": "warn"' in render([warn], "json")
+
+
+def test_hook_line_with_another_rp_table_warns() -> None:
+    line = "lxc.hook.start-host = /usr/libexec/incus-host-tables/hook --rp-table 2158\n"
+    f = facts(instances=[instance(raw=line)])
+    (check,) = check_hooks(f)
+    assert check.level is Level.WARN, check
+    assert "names reverse-path table 2158 and this host uses 1158" in check.message
+    assert check.action.startswith("incus-host-tables --rp-table 1158 enable")
+    f.rp_table = 2158
+    assert levels(check_hooks(f)) == [Level.OK]
