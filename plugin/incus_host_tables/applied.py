@@ -69,9 +69,7 @@ class Applied:
         return self.main.get(family, frozenset())
 
     def _key(self) -> tuple[tuple[frozenset[int], frozenset[Prefix], bool], ...]:
-        return tuple(
-            (self.tables_of(f), self.main_of(f), f in self.main_any) for f in FAMILY_WORDS
-        )
+        return tuple((self.tables_of(f), self.main_of(f), f in self.main_any) for f in FAMILY_WORDS)
 
     def __eq__(self, other: object) -> bool:  # an absent family is an empty one
         return isinstance(other, Applied) and self._key() == other._key()

@@ -238,25 +238,31 @@ class Engine:
         intent: DeviceIntent | None,
         full: bool,
         rp_families: tuple[int, ...],
+        tables: Collection[int] = (),
     ) -> tuple[DeviceFacts, RecordRead]:
-        """The interface's facts, scoped by its applied-tables record unless
-        ``full`` (or the record is in doubt, or the instance's prefixes are
-        unknown: then every table)."""
+        """The interface's facts, scoped by its applied-tables record (and
+        ``tables`` besides) unless ``full`` (or the record is in doubt, or
+        the instance's prefixes are unknown: then every table)."""
         record = self.records.read(ifname, ifindex)
         if full or intent is None or record.state is RecordState.DOUBT:
             return self.facts.device(ifname, ifindex, rp_families), record
-        where = candidates(
-            intent, record.applied, record.state is RecordState.TRUSTED, self.rp_table
-        )
+        trusted = record.state is RecordState.TRUSTED
+        where = candidates(intent, record.applied, trusted, self.rp_table, also=tables)
         return self.facts.device_scoped(ifname, ifindex, where, rp_families), record
 
     def device_facts(
-        self, ifname: str, intent: DeviceIntent, *, full: bool = False
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        full: bool = False,
+        tables: Collection[int] = (),
     ) -> tuple[DeviceFacts, RecordRead]:
         """What converging ``intent`` on ``ifname`` depends on: the
         interface's routes, the plugin's rules, and the reverse-path table
         of the families whose rule it may release (and the record read)."""
-        facts, record = self._read_device(ifname, self._ifindex(ifname), intent, full, ())
+        index = self._ifindex(ifname)
+        facts, record = self._read_device(ifname, index, intent, full, (), tables)
         facts = self.facts.rp_held_elsewhere(
             facts, planner.rp_families_to_read(intent, facts, self.settings)
         )
@@ -299,14 +305,22 @@ class Engine:
         config alone shows): choosing the reverse-path table."""
         return planner.intent_problems(intent, self.settings)
 
-    def plan_device(self, ifname: str, intent: DeviceIntent, *, full: bool = False) -> DevicePlan:
+    def plan_device(
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        full: bool = False,
+        tables: Collection[int] = (),
+    ) -> DevicePlan:
         """What makes the kernel match ``intent`` for the interface (read
-        in full, not scoped by the record, with ``full``)."""
+        in full, not scoped by the record, with ``full``; ``tables``: read
+        these too)."""
         problems = self.intent_problems(intent)
         if problems:
             raise ConfigError(problems)
         with gc_paused():
-            facts, record = self.device_facts(ifname, intent, full=full)
+            facts, record = self.device_facts(ifname, intent, full=full, tables=tables)
             plan = planner.plan_device(intent, facts, self.settings)
             return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
@@ -363,13 +377,19 @@ class Engine:
             self.records.write(name, index, dp.record_after)
 
     def converge(
-        self, ifname: str, intent: DeviceIntent, *, dry_run: bool = False, full: bool = False
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        dry_run: bool = False,
+        full: bool = False,
+        tables: Collection[int] = (),
     ) -> DevicePlan:
         """Make the interface match ``intent``. A conflict with a route that
         is not the plugin's raises RouteConflict, a dry run included (plan
         equals apply). ``full``: read every table (the periodic resync)."""
         with host_lock(), gc_paused():
-            dp = self.plan_device(ifname, intent, full=full)
+            dp = self.plan_device(ifname, intent, full=full, tables=tables)
             if dp.plan.route_conflict:
                 raise RouteConflict(dp)
             if not dry_run:

@@ -84,8 +84,10 @@ def candidates(
     trusted: bool,
     rp_table: int,
     limit: int = MAIN_PROBE_LIMIT,
+    also: Collection[int] = (),
 ) -> Candidates:
-    """The places to read for ``intent`` and what the record says (pure)."""
+    """The places to read for ``intent`` and what the record says, and the
+    tables ``also`` (where a notification saw a change) (pure)."""
     tables: dict[int, frozenset[int]] = {}
     main: dict[int, frozenset[Prefix]] = {}
     hosts: set[Prefix] = set()
@@ -96,7 +98,7 @@ def candidates(
         hosts |= own
         own |= {(family, n.network_address.packed, n.prefixlen) for n in fam.routes}
         found = set(tables_with_rp(fam.tables, rp_table)) | {rp_table}
-        found |= set(fam.incus_tables) | applied.tables_of(family)
+        found |= set(fam.incus_tables) | applied.tables_of(family) | set(also)
         probes = own | applied.main_of(family)
         found -= {MAIN_TABLE, LOCAL_TABLE}  # main: probed; local: nobody's routes of ours
         if family in applied.main_any or len(probes) > limit:

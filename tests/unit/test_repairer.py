@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,13 +49,22 @@ class FakeEngine:
 
     converged: list[str] = field(default_factory=list)
     full_reads: list[bool] = field(default_factory=list)
+    tables_read: list[frozenset[int]] = field(default_factory=list)
     rules_resyncs: int = 0
     fail: Exception | None = None
     changes: list[str] = field(default_factory=lambda: ["+ route 198.51.100.10/32 table 100"])
 
-    def converge(self, ifname: str, intent: DeviceIntent, *, full: bool = False) -> FakePlan:
+    def converge(
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        full: bool = False,
+        tables: Collection[int] = (),
+    ) -> FakePlan:
         self.converged.append(ifname)
         self.full_reads.append(full)
+        self.tables_read.append(frozenset(tables))
         if self.fail is not None:
             raise self.fail
         return FakePlan(list(self.changes))
@@ -90,8 +99,8 @@ def repairer(engine: FakeEngine) -> Repairer:
     return make(engine)
 
 
-def deleted(oif: int = 7, sender: int = 999) -> Notification:
-    route = Route(socket.AF_INET, 100, ipaddress.ip_address("198.51.100.10").packed, 32, None, 0)
+def deleted(oif: int = 7, sender: int = 999, table: int = 100) -> Notification:
+    route = Route(socket.AF_INET, table, ipaddress.ip_address("198.51.100.10").packed, 32, None, 0)
     return Notification(
         NotificationKind.ROUTE_DELETED, sender, route=KernelRoute(route, oif, 158, 253, 1, b"")
     )
@@ -120,6 +129,14 @@ def test_a_burst_is_one_converge_per_device(repairer: Repairer, engine: FakeEngi
     settle_and_run(repairer)
     assert sorted(engine.converged) == ["veth1", "veth2"]
     assert repairs(repairer, "route-deleted") == 2
+
+
+def test_a_repair_reads_the_tables_of_its_burst(repairer: Repairer, engine: FakeEngine) -> None:
+    repairer.notify([deleted(table=100), deleted(table=300), deleted(oif=8, table=200)])
+    settle_and_run(repairer)
+    reads = dict(zip(engine.converged, engine.tables_read, strict=True))
+    assert reads == {"veth1": {100, 300}, "veth2": {200}}
+    assert engine.full_reads == [False, False]
 
 
 def test_nothing_is_done_before_the_burst_settles(repairer: Repairer, engine: FakeEngine) -> None:
