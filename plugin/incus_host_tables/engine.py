@@ -23,10 +23,13 @@ from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY, rules_for_intent
 from .diff import Plan
 from .facts import (
     FAMILIES,
+    FULL,
     MAIN_PROBE_LIMIT,
+    SCOPED,
     DeviceFacts,
     FactReader,
     HostFacts,
+    Reading,
     candidates,
 )
 from .locking import host_lock
@@ -46,12 +49,15 @@ from .planner import HostSettings
 
 __all__ = [
     "FAMILIES",
+    "FULL",
     "PROTOCOL",
     "PROTOCOL_NAME",
     "RTPROT_KERNEL",
+    "SCOPED",
     "DevicePlan",
     "Engine",
     "InterfaceMissing",
+    "Reading",
     "RouteConflict",
 ]
 
@@ -236,46 +242,40 @@ class Engine:
         ifname: str,
         ifindex: int,
         intent: DeviceIntent | None,
-        full: bool,
+        how: Reading,
         rp_families: tuple[int, ...],
-        tables: Collection[int] = (),
     ) -> tuple[DeviceFacts, RecordRead]:
         """The interface's facts, scoped by its applied-tables record (and
-        ``tables`` besides) unless ``full`` (or the record is in doubt, or
-        the instance's prefixes are unknown: then every table)."""
+        ``how.tables`` besides) unless ``how.full`` (or the record is in
+        doubt, or the instance's prefixes are unknown: then every table)."""
         record = self.records.read(ifname, ifindex)
-        if full or intent is None or record.state is RecordState.DOUBT:
+        if how.full or intent is None or record.state is RecordState.DOUBT:
             return self.facts.device(ifname, ifindex, rp_families), record
         trusted = record.state is RecordState.TRUSTED
-        where = candidates(intent, record.applied, trusted, self.rp_table, also=tables)
+        where = candidates(intent, record.applied, trusted, self.rp_table, also=how.tables)
         return self.facts.device_scoped(ifname, ifindex, where, rp_families), record
 
     def device_facts(
-        self,
-        ifname: str,
-        intent: DeviceIntent,
-        *,
-        full: bool = False,
-        tables: Collection[int] = (),
+        self, ifname: str, intent: DeviceIntent, how: Reading = SCOPED
     ) -> tuple[DeviceFacts, RecordRead]:
         """What converging ``intent`` on ``ifname`` depends on: the
         interface's routes, the plugin's rules, and the reverse-path table
         of the families whose rule it may release (and the record read)."""
         index = self._ifindex(ifname)
-        facts, record = self._read_device(ifname, index, intent, full, (), tables)
+        facts, record = self._read_device(ifname, index, intent, how, ())
         facts = self.facts.rp_held_elsewhere(
             facts, planner.rp_families_to_read(intent, facts, self.settings)
         )
         return facts, record
 
     def cleanup_facts(
-        self, ifname: str | None, intent: DeviceIntent | None, *, full: bool = False
+        self, ifname: str | None, intent: DeviceIntent | None, how: Reading = SCOPED
     ) -> tuple[DeviceFacts, RecordRead | None]:
         """The same for a cleanup; the interface may be gone."""
         ifindex = self.facts.ifindex(ifname)
         if ifname is None or ifindex is None:
             return self.facts.device(ifname, None), None
-        return self._read_device(ifname, ifindex, intent, full, FAMILIES)
+        return self._read_device(ifname, ifindex, intent, how, FAMILIES)
 
     def _with_record(
         self, dp: DevicePlan, facts: DeviceFacts, record: RecordRead | None
@@ -305,22 +305,14 @@ class Engine:
         config alone shows): choosing the reverse-path table."""
         return planner.intent_problems(intent, self.settings)
 
-    def plan_device(
-        self,
-        ifname: str,
-        intent: DeviceIntent,
-        *,
-        full: bool = False,
-        tables: Collection[int] = (),
-    ) -> DevicePlan:
-        """What makes the kernel match ``intent`` for the interface (read
-        in full, not scoped by the record, with ``full``; ``tables``: read
-        these too)."""
+    def plan_device(self, ifname: str, intent: DeviceIntent, how: Reading = SCOPED) -> DevicePlan:
+        """What makes the kernel match ``intent`` for the interface, from
+        the facts read as ``how`` says."""
         problems = self.intent_problems(intent)
         if problems:
             raise ConfigError(problems)
         with gc_paused():
-            facts, record = self.device_facts(ifname, intent, full=full, tables=tables)
+            facts, record = self.device_facts(ifname, intent, how)
             plan = planner.plan_device(intent, facts, self.settings)
             return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
@@ -330,13 +322,13 @@ class Engine:
         intent: DeviceIntent | None,
         *,
         families: Collection[int] | None = None,
-        full: bool = False,
+        how: Reading = SCOPED,
     ) -> DevicePlan:
         """Remove the device's routes from every table and release the rules
         only it needed. The interface may already be gone (instance stopped:
         the kernel dropped its routes with it). ``families``: only those."""
         with gc_paused():
-            facts, record = self.cleanup_facts(ifname, intent, full=full)
+            facts, record = self.cleanup_facts(ifname, intent, how)
             plan = planner.plan_cleanup(intent, facts, self.settings, families)
             return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
@@ -382,14 +374,13 @@ class Engine:
         intent: DeviceIntent,
         *,
         dry_run: bool = False,
-        full: bool = False,
-        tables: Collection[int] = (),
+        how: Reading = SCOPED,
     ) -> DevicePlan:
         """Make the interface match ``intent``. A conflict with a route that
         is not the plugin's raises RouteConflict, a dry run included (plan
-        equals apply). ``full``: read every table (the periodic resync)."""
+        equals apply)."""
         with host_lock(), gc_paused():
-            dp = self.plan_device(ifname, intent, full=full, tables=tables)
+            dp = self.plan_device(ifname, intent, how)
             if dp.plan.route_conflict:
                 raise RouteConflict(dp)
             if not dry_run:
@@ -403,10 +394,10 @@ class Engine:
         *,
         dry_run: bool = False,
         families: Collection[int] | None = None,
-        full: bool = False,
+        how: Reading = SCOPED,
     ) -> DevicePlan:
         with host_lock(), gc_paused():
-            dp = self.plan_cleanup(ifname, intent, families=families, full=full)
+            dp = self.plan_cleanup(ifname, intent, families=families, how=how)
             if not dry_run:
                 self.apply(dp)
         return dp

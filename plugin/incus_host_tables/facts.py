@@ -31,6 +31,7 @@ import errno
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from .applied import Applied, Prefix
 from .config import DeviceIntent
@@ -63,6 +64,19 @@ _FR_ACT_TO_TBL = 1  # a rule's action: look up a table (fib_rule_hdr.action, byt
 class ReadScope(Enum):
     FULL = "full"  # every table, filtered by interface
     SCOPED = "scoped"  # the candidate tables, and probes of main
+
+
+class Reading(NamedTuple):
+    """How the engine is to read a device: ``full``, every table; else
+    scoped (``Candidates``), with ``tables`` read besides (where drift
+    repair saw a change)."""
+
+    full: bool = False
+    tables: frozenset[int] = frozenset()
+
+
+SCOPED = Reading()
+FULL = Reading(full=True)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from enum import Enum
 from . import problems
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RULE_PRIORITY
-from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing
+from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing, Reading
 from .locking import instance_lock
 from .metrics import Metrics
 from .model import LOCAL_TABLE, describe_route, describe_rule
@@ -448,12 +448,8 @@ class Repairer:
                         return
                 # A resync reads every table: it also catches what a read
                 # scoped by the applied-tables record cannot see (facts.py).
-                dp = engine.converge(
-                    device.host_name,
-                    device.intent,
-                    full=drift.reason in _FULL,
-                    tables=drift.tables,
-                )
+                how = Reading(drift.reason in _FULL, drift.tables)
+                dp = engine.converge(device.host_name, device.intent, how=how)
         except InterfaceMissing:
             log.debug("%s: interface gone; no longer repaired", device.label)
             self.forget(device.project, device.instance)

@@ -21,7 +21,7 @@ from incus_host_tables.applied import AppliedStore, RecordState
 from incus_host_tables.config import DeviceIntent
 from incus_host_tables.desired import desired_routes
 from incus_host_tables.engine import DevicePlan, Engine
-from incus_host_tables.facts import MAIN_PROBE_LIMIT, ReadScope
+from incus_host_tables.facts import FULL, MAIN_PROBE_LIMIT, ReadScope
 from incus_host_tables.model import AF_INET, AF_INET6, KernelRoute
 from incus_host_tables.netlink.kernel import Netlink, RouteQuery
 
@@ -84,7 +84,7 @@ def assert_scoped_equals_full(
     main_dumped: set[int] | None = None,
 ) -> DevicePlan:
     scoped = engine.plan_device(ifname, want)
-    full = engine.plan_device(ifname, want, full=True)
+    full = engine.plan_device(ifname, want, how=FULL)
     assert norm(scoped) == norm(full)
     assert scoped.plan or not full.plan
     facts, _ = engine.device_facts(ifname, want)
@@ -92,7 +92,7 @@ def assert_scoped_equals_full(
     if scope is ReadScope.SCOPED:
         assert main_dumps(engine, ifname, want) == (main_dumped or set())
     assert norm(engine.plan_cleanup(ifname, want)) == norm(
-        engine.plan_cleanup(ifname, want, full=True)
+        engine.plan_cleanup(ifname, want, how=FULL)
     )
     return scoped
 
@@ -108,7 +108,7 @@ def converge_exactly(engine: Engine, host: NetNS, ifname: str, want: DeviceInten
     assert {kr.route for kr in on_it if kr.protocol == 158} == set(desired_routes(want))
     assert not [kr for kr in on_it if kr.protocol == 3]
     assert foreign(engine) == before
-    assert not engine.plan_device(ifname, want, full=True).plan
+    assert not engine.plan_device(ifname, want, how=FULL).plan
     engine.cleanup(ifname, want)
     assert not [kr for kr in everything(engine) if kr.oif == index and kr.protocol == 158]
     assert foreign(engine) == before

@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 
 from incus_host_tables import problems
 from incus_host_tables.config import DeviceIntent, parse_device
-from incus_host_tables.engine import InterfaceMissing
+from incus_host_tables.engine import SCOPED, InterfaceMissing, Reading
 from incus_host_tables.model import KernelRoute, Route
 from incus_host_tables.netlink import codec as c
 from incus_host_tables.netlink.kernel import NetlinkError
@@ -59,12 +59,11 @@ class FakeEngine:
         ifname: str,
         intent: DeviceIntent,
         *,
-        full: bool = False,
-        tables: Collection[int] = (),
+        how: Reading = SCOPED,
     ) -> FakePlan:
         self.converged.append(ifname)
-        self.full_reads.append(full)
-        self.tables_read.append(frozenset(tables))
+        self.full_reads.append(how.full)
+        self.tables_read.append(how.tables)
         if self.fail is not None:
             raise self.fail
         return FakePlan(list(self.changes))
