@@ -34,6 +34,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import compress, repeat
+from operator import eq, itemgetter
 
 from .locking import run_dir
 from .model import AF_INET, AF_INET6, MAIN_TABLE, Route, format_prefix
@@ -102,21 +104,30 @@ class Applied:
 NOTHING = Applied()
 
 
+_FAMILY_TABLE = itemgetter(0, 1)  # Route.family, Route.table
+_TABLE = itemgetter(1)
+
+
 def applied_of(routes: Iterable[Route], main_limit: int) -> Applied:
     """Where ``routes`` (the plugin's, on one interface) are; more than
-    ``main_limit`` prefixes of a family in main are recorded as any."""
-    tables: dict[int, set[int]] = {f: set() for f in FAMILY_WORDS}
-    main: dict[int, set[Prefix]] = {f: set() for f in FAMILY_WORDS}
-    for r in routes:
-        if r.table == MAIN_TABLE:
-            main[r.family].add((r.family, r.dst, r.prefixlen))
-        else:
-            tables[r.family].add(r.table)
-    return Applied(
-        {f: frozenset(t) for f, t in tables.items()},
-        {f: frozenset(p) for f, p in main.items() if len(p) <= main_limit},
-        frozenset(f for f, p in main.items() if len(p) > main_limit),
-    )
+    ``main_limit`` prefixes of a family in main are recorded as any. A
+    device may have tens of thousands: the tables are collected in C, and
+    only the routes in main are looked at one by one."""
+    routes = list(routes)
+    pairs = set(map(_FAMILY_TABLE, routes))
+    tables = {
+        f: frozenset(t for fam, t in pairs if fam == f and t != MAIN_TABLE) for f in FAMILY_WORDS
+    }
+    main: dict[int, frozenset[Prefix]] = {}
+    main_any: set[int] = set()
+    if (AF_INET, MAIN_TABLE) in pairs or (AF_INET6, MAIN_TABLE) in pairs:
+        in_main = compress(routes, map(eq, map(_TABLE, routes), repeat(MAIN_TABLE)))
+        found: dict[int, set[Prefix]] = {f: set() for f in FAMILY_WORDS}
+        for r in in_main:
+            found[r.family].add((r.family, r.dst, r.prefixlen))
+        main = {f: frozenset(p) for f, p in found.items() if len(p) <= main_limit}
+        main_any = {f for f, p in found.items() if len(p) > main_limit}
+    return Applied(tables, main, frozenset(main_any))
 
 
 def format_record(ifindex: int, applied: Applied) -> str:

@@ -13,8 +13,8 @@ import errno
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import eq, itemgetter, not_
 
 from . import planner
 from .applied import NOTHING, Applied, AppliedStore, RecordRead, RecordState, applied_of
@@ -160,6 +160,7 @@ def _changes(kind: ChangeKind, items: Sequence[object], oif: int = 0) -> Iterato
 
 _ROUTE = itemgetter(0)  # KernelRoute.route
 _TABLE = itemgetter(1)  # Route.table
+_PROTOCOL = itemgetter(2)  # KernelRoute.protocol
 
 
 def _routes_of(kernel_routes: Iterable[KernelRoute]) -> Iterator[Route]:
@@ -286,15 +287,20 @@ class Engine:
         if dp.ifindex is None:  # the interface is gone, and its routes with it
             dp.record_after = NOTHING
             return dp
-        ours = self.policy.route_is_ours
-        gone = set(dp.plan.route_delete)
-        present = [kr for kr in facts.routes if ours(kr)]
-        kept = [kr.route for kr in present if kr not in gone]
-        adopted = [kr.route for kr in dp.plan.route_adopt]
-        dp.record_after = applied_of(kept + dp.plan.route_add + adopted, MAIN_PROBE_LIMIT)
+        # Tens of thousands of routes on a big device: filtered in C.
+        routes, plan, limit = facts.routes, dp.plan, MAIN_PROBE_LIMIT
+        present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
+        there = applied_of(map(_ROUTE, present), limit)
+        kept = there
+        if plan.route_delete:
+            gone = set(map(id, plan.route_delete))  # the very objects of facts.routes
+            left = compress(present, map(not_, map(gone.__contains__, map(id, present))))
+            kept = applied_of(map(_ROUTE, left), limit)
+        new = chain(plan.route_add, map(_ROUTE, plan.route_adopt))
+        dp.record_after = kept.union(applied_of(new, limit))
         now = record.applied if record is not None and record.state is RecordState.TRUSTED else None
         dp.record_now = now
-        ahead = applied_of([kr.route for kr in present], MAIN_PROBE_LIMIT).union(dp.record_after)
+        ahead = there.union(dp.record_after)
         dp.record_ahead = ahead.union(now) if now is not None else ahead
         return dp
 

@@ -107,17 +107,19 @@ def candidates(
     hosts: set[Prefix] = set()
     for fam in intent.families():
         family = FAMILY_OF[fam.family]
-        plen = HOST_PREFIXLEN[family]
-        own = {(family, a.packed, plen) for a in fam.addresses}
-        hosts |= own
-        own |= {(family, n.network_address.packed, n.prefixlen) for n in fam.routes}
         found = set(tables_with_rp(fam.tables, rp_table)) | {rp_table}
         found |= set(fam.incus_tables) | applied.tables_of(family) | set(also)
-        probes = own | applied.main_of(family)
         found -= {MAIN_TABLE, LOCAL_TABLE}  # main: probed; local: nobody's routes of ours
-        if family in applied.main_any or len(probes) > limit:
-            found.add(MAIN_TABLE)
-            probes = set()
+        probes: set[Prefix] = set()
+        many = len(fam.addresses) + len(fam.routes) + len(applied.main_of(family)) > limit
+        if family in applied.main_any or many:
+            found.add(MAIN_TABLE)  # (the prefixes are not even made: thousands)
+        else:
+            plen = HOST_PREFIXLEN[family]
+            own = {(family, a.packed, plen) for a in fam.addresses}
+            hosts |= own
+            own |= {(family, n.network_address.packed, n.prefixlen) for n in fam.routes}
+            probes = own | applied.main_of(family)
         tables[family] = frozenset(found)
         main[family] = frozenset(probes)
     return Candidates(tables, main, frozenset(hosts), trusted)
