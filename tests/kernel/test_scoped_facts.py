@@ -277,3 +277,20 @@ def test_probe_answers_are_the_dumped_routes(host: NetNS) -> None:
             assert answer == dumped[0], address
         assert nl.fib_lookup(254, [dumped[0].route.dst[:0] + bytes([198, 51, 100, 10])]) == [32]
         assert nl.fib_lookup(254, [bytes([198, 51, 100, 99])]) == [-1]
+
+
+def test_what_only_a_full_read_sees(host: NetNS, make_engine: Callable[..., Engine]) -> None:
+    """A protocol-158 route made by hand in a table no record names, with no
+    reverse-path copy, next to a recorded device: the scoped read cannot see
+    it (it is not where the plugin puts routes); the full read -- status,
+    the periodic resync -- removes it, and nothing else."""
+    foreign_routes(host)
+    engine = make_engine(host)
+    engine.converge("vh0", intent(ISOLATED))
+    host.ip("route", "add", f"{V4}/32", "dev", "vh0", "table", "500", "proto", "158")
+    assert not engine.plan_device("vh0", intent(ISOLATED)).plan
+    full = engine.plan_device("vh0", intent(ISOLATED), how=FULL)
+    assert [kr.route.table for kr in full.plan.route_delete] == [500]
+    engine.converge("vh0", intent(ISOLATED), how=FULL)
+    assert host.route_lines("table", "500") == []
+    converge_exactly(engine, host, "vh0", intent(ISOLATED))
