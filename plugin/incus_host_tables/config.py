@@ -79,6 +79,9 @@ class FamilyIntent:
     tables: tuple[int, ...]  # first is the primary table
     addresses: tuple[IPAddress, ...] = ()
     routes: tuple[IPNetwork, ...] = ()  # extra routes, via addresses[0]
+    # The table Incus itself copies the routes into (its ipv4.host_table),
+    # chosen or not: where the plugin looks for those copies (facts.py).
+    incus_tables: tuple[int, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -459,6 +462,16 @@ def _routes_clash_with_addresses(
             )
 
 
+def _incus_table(raw: str | None) -> tuple[int, ...]:
+    """The table Incus copies a NIC's routes into for its deprecated key
+    (any uint32, 0 being main to the kernel), whether the plugin uses the
+    key or not; () when unset or not a number Incus would take."""
+    item = (raw or "").strip(" \t")
+    if not _DECIMAL.fullmatch(item) or int(item) > MAX_TABLE:
+        return ()
+    return (int(item) or MAIN_TABLE,)
+
+
 def _collect(
     device: Mapping[str, str], strict: bool, settings: TableSettings
 ) -> tuple[DeviceIntent | None, list[str], list[str]]:
@@ -493,7 +506,8 @@ def _collect(
             continue
         tables, family_warnings = resolved
         warnings.extend(family_warnings)
-        intents[family] = FamilyIntent(family, tables, addresses, routes)
+        incus = _incus_table(_value(device, _keys(family)[2]))
+        intents[family] = FamilyIntent(family, tables, addresses, routes, incus)
     if problems:
         return None, problems, warnings
     return DeviceIntent(intents["ipv4"], intents["ipv6"], vrf, tuple(warnings)), [], warnings

@@ -283,12 +283,27 @@ class Netlink:
         except BaseException:
             self._sock.close()
             raise
+        # IPv4 lookups in one table (facts.py probes main with it); opened
+        # now for the namespace, as the others. A kernel without it: None.
+        self._fib: socket.socket | None = None
+        try:
+            self._fib = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, c.NETLINK_FIB_LOOKUP
+            )
+            self._fib.bind((0, 0))
+            self._fib.settimeout(1.0)  # an answer never comes: taken as no lookup
+        except OSError:
+            if self._fib is not None:
+                self._fib.close()
+            self._fib = None
         self._seq = 0
         self._seq_lock = threading.Lock()
 
     def close(self) -> None:
         self._sock.close()
         self._sock2.close()
+        if self._fib is not None:
+            self._fib.close()
 
     def ports(self) -> tuple[int, int]:
         """The netlink ports of this object's sockets: the kernel's
@@ -455,6 +470,58 @@ class Netlink:
                 if err == errno_mod.ENOENT:
                     return []  # the filtered table does not exist: nothing in it
                 raise NetlinkError(err, f"{os.strerror(err)} {text}".strip())
+
+    def fib_lookup(self, table: int, dsts: Sequence[bytes]) -> list[int | None] | None:
+        """For each IPv4 address, the prefix length of the longest match in
+        ``table`` (an ID up to 255), looked up there alone (no policy
+        rules); -1: no route of the table matches; None: the lookup failed
+        otherwise (an unreachable route, ...). None for the whole when the
+        kernel offers no such lookup. One request per system call: the
+        kernel answers only the first message of each."""
+        sock = self._fib
+        if sock is None or not 0 < table < 256:
+            return None
+        out: list[int | None] = []
+        try:
+            for dst in dsts:
+                seq = self._next_seq()
+                sock.send(c.fib_lookup_request(seq, table, dst))
+                while True:
+                    buf = sock.recv(RECV_BYTES)
+                    length, _kind, _flags, mseq, _pid = c.NLMSGHDR.unpack_from(buf, 0)
+                    if mseq == seq and length >= c.HDR + c.FIB_RESULT_NL.size:
+                        break
+                err, prefixlen = c.decode_fib_lookup(buf, c.HDR)
+                out.append(prefixlen if not err else (-1 if err == errno_mod.EAGAIN else None))
+        except TimeoutError:
+            return None
+        return out
+
+    def probe(
+        self, family: int, dsts: Sequence[bytes], iif: int | None = None
+    ) -> list[KernelRoute | int]:
+        """For each address, the FIB entry a lookup matches (a route get
+        with RTM_F_FIB_MATCH, see codec.probe_request), or the errno the
+        kernel answered. All requests go in one system call."""
+        if not dsts:
+            return []
+        first = self._next_seq(len(dsts))
+        self._sock.send(
+            b"".join(c.probe_request(first + i, family, dst, iif) for i, dst in enumerate(dsts))
+        )
+        answers: dict[int, KernelRoute | int] = {}
+        while len(answers) < len(dsts):
+            buf = self._sock.recv(RECV_BYTES)
+            for kind, flags, seq, start, end in c.iter_messages(buf):
+                i = seq - first
+                if not 0 <= i < len(dsts):
+                    continue  # a late reply to an earlier request
+                if kind == c.NLMSG_ERROR:
+                    answers[i] = c.decode_error(buf, start, end, flags)[0]
+                elif kind == c.RTM_NEWROUTE:
+                    body = c.without_attribute(bytes(buf[start:end]), c.RTA_IIF)
+                    answers[i] = c.decode_route(body, 0, len(body))
+        return [answers[i] for i in range(len(dsts))]
 
     def rules(self, family: int, *, protocol: int = 0) -> list[KernelRule]:
         """Policy rules of ``family``; only those of ``protocol`` when given."""
