@@ -167,41 +167,36 @@ def _rss_peak_mb(pid: int) -> float:
 
 class Fleet:
     """The storm instances: ``count`` containers with one routed NIC each
-    (198.18.0.0/15 addresses, table 100), made once, in parallel."""
+    (198.18.0.0/15 addresses, table 100), made once, ``PARALLEL`` at a time
+    (the lab's ``*_many``)."""
 
     def __init__(self, lab: IncusLab, count: int) -> None:
         self.lab = lab
         base = int(ipaddress.ip_address("198.18.0.0"))
         self.names = [f"f{i}" for i in range(count)]
         self.addrs = [str(ipaddress.ip_address(base + 1 + i)) for i in range(count)]
-        self._each(
-            lambda i: lab.launch(self.names[i], devices={"eth0": _nic(self.addrs[i])}, start=False),
-            range(count),
-        )
-
-    def _each(self, fn: Callable[[int], object], indexes: Sequence[int]) -> None:
-        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-            list(pool.map(fn, indexes))
+        devices = {n: {"eth0": _nic(a)} for n, a in zip(self.names, self.addrs, strict=True)}
+        lab.launch_many(devices, start=False, workers=PARALLEL)
 
     def start(self, count: int) -> tuple[float, float]:
-        """Start the first ``count``, PARALLEL at a time: (seconds it took,
-        perf_counter when the last start returned)."""
+        """Start the first ``count``: (seconds it took, perf_counter when the
+        last start returned)."""
         t0 = time.perf_counter()
-        self._each(lambda i: self.lab.incus("start", self.names[i], timeout=300), range(count))
+        self.lab.start_many(self.names[:count], workers=PARALLEL)
         done = time.perf_counter()
         return done - t0, done
 
     def stop(self, count: int) -> None:
-        self._each(
-            lambda i: self.lab.incus("stop", "--force", self.names[i], check=False, timeout=300),
-            range(count),
-        )
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            list(
+                pool.map(
+                    lambda n: self.lab.incus("stop", "--force", n, check=False, timeout=300),
+                    self.names[:count],
+                )
+            )
 
     def delete(self) -> None:
-        self._each(
-            lambda i: self.lab.incus("delete", "--force", self.names[i], check=False, timeout=300),
-            range(len(self.names)),
-        )
+        self.lab.delete_many(self.names, workers=PARALLEL)
 
 
 def storm(fleet: Fleet, probe: Probe, daemon: PluginDaemon, count: int) -> dict[str, Any]:

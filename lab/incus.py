@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from .clients import Client, connect_client, disconnect_client
@@ -84,6 +85,10 @@ class IncusLab:
         self.clients: dict[str, Client] = {}
         self.incusd_pid = 0
         self._proc: subprocess.Popen[bytes] | None = None  # the reaper wrapping incusd
+        # Reapers of killed incusds: each keeps the LXC monitors that incusd
+        # orphaned (its running containers) until they exit.
+        self._orphan_reapers: list[subprocess.Popen[bytes]] = []
+        self._incusd_runs = 0
         self._log: IO[bytes] | None = None
         self._namespaces = Namespaces()
         self.host = NetNS(self.netns)  # H; exists between start() and stop()
@@ -161,7 +166,18 @@ class IncusLab:
         )
 
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        pidfile = os.path.join(self.workdir, "incusd.pid")
+        self._spawn_incusd()
+        self._wait_ready()
+        self.timings["incusd_ready"] = time.monotonic() - t0
+        if self.standalone:
+            self._initialize()
+        self.timings["start"] = time.monotonic() - t0
+
+    def _spawn_incusd(self) -> None:
+        """Start incusd in H on the lab's INCUS_DIR; sets ``incusd_pid``."""
+        assert self._log is not None
+        self._incusd_runs += 1
+        pidfile = os.path.join(self.workdir, f"incusd-{self._incusd_runs}.pid")
         # incusd runs under a subreaper that reaps the LXC monitors it orphans
         # (see reaper.py); the wrapper reports incusd's own PID.
         self._proc = subprocess.Popen(
@@ -176,11 +192,48 @@ class IncusLab:
             self.incusd_pid = read_pidfile(pidfile, self._proc)
         except LabError as err:
             raise LabError(f"incusd did not start ({err}):\n{self.log_tail()}") from None
+
+    # ------------------------------------------------------- crash and restart
+
+    def kill_incusd(self, timeout: float = 10.0) -> None:
+        """SIGKILL incusd (by its PID), as a crash would end it, and wait
+        until it is gone. Its containers keep running: their LXC monitors
+        are not incusd's children, and the reaper that adopted them stays
+        until they exit (then stop() ends it)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise LabError("incusd is not running")
+        kill_pids([self.incusd_pid], signal.SIGKILL)
+        wait_gone([self.incusd_pid], timeout)
+        if os.path.exists(f"/proc/{self.incusd_pid}"):
+            raise LabError(
+                f"incusd (PID {self.incusd_pid}) still there {timeout:.0f}s after SIGKILL"
+            )
+        self._orphan_reapers.append(proc)
+        self._proc = None
+
+    def restart_incusd(self) -> float:
+        """Start incusd again on the same INCUS_DIR in the same namespace
+        (after :meth:`kill_incusd`, or a crash); returns the seconds until it
+        answered ``admin waitready``."""
+        if self.running:
+            raise LabError("incusd is still running: kill_incusd() first")
+        if self._proc is not None:  # it died on its own: keep its reaper
+            self._orphan_reapers.append(self._proc)
+            self._proc = None
+        t0 = time.monotonic()
+        self._spawn_incusd()
         self._wait_ready()
-        self.timings["incusd_ready"] = time.monotonic() - t0
-        if self.standalone:
-            self._initialize()
-        self.timings["start"] = time.monotonic() - t0
+        return time.monotonic() - t0
+
+    def _end_orphan_reapers(self) -> None:
+        """Each ends by itself once its orphans exited; those left get
+        SIGKILL, the orphans they hold included (everything in H is ours)."""
+        for proc in self._orphan_reapers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            terminate(proc, grace=5.0, leftovers=self.pids)
+        self._orphan_reapers.clear()
 
     def _initialize(self) -> None:
         """What a fresh standalone incusd needs: pool, root disk, image."""
@@ -231,8 +284,14 @@ class IncusLab:
                 return
             self._stopped = True
         started = self.pids()
+        if self._orphan_reapers and self._proc is None and self.standalone:
+            # incusd was killed and not restarted: only an incusd can stop
+            # the containers it left running (killing their monitors would not).
+            with contextlib.suppress(Exception):
+                self.restart_incusd()
         try:
             self._stop_incusd()
+            self._end_orphan_reapers()
         finally:
             # LXC monitors of instances incusd failed to stop: only our incusd
             # put processes in H.
@@ -400,6 +459,50 @@ class IncusLab:
 
     def delete(self, name: str, project: str = "default") -> None:
         self.incus("delete", "--force", name, "--project", project)
+
+    # Many instances at once: `incus` clients run side by side, a bounded
+    # number at a time (incusd serialises much of the work anyway, and the
+    # lab machine may have two cores).
+    FLEET_WORKERS = 8
+
+    def launch_many(
+        self,
+        devices: Mapping[str, Mapping[str, Mapping[str, str]]],
+        *,
+        start: bool = True,
+        workers: int = FLEET_WORKERS,
+    ) -> None:
+        """:meth:`launch` for each name of ``devices`` (name -> its devices),
+        ``workers`` at a time; the first failure is raised once all ended."""
+        self._fleet(
+            lambda name: self.launch(name, devices=devices[name], start=start),
+            list(devices),
+            workers,
+        )
+
+    def start_many(self, names: Sequence[str], *, workers: int = FLEET_WORKERS) -> None:
+        """`incus start` of ``names``, ``workers`` at a time."""
+        self._fleet(lambda name: self.incus("start", name, timeout=120), names, workers)
+
+    def delete_many(self, names: Sequence[str], *, workers: int = FLEET_WORKERS) -> None:
+        """`incus delete --force` of ``names`` (those that exist), ``workers``
+        at a time; never raises (it is for cleanups)."""
+        self._fleet(
+            lambda name: self.incus("delete", "--force", name, check=False, timeout=120),
+            names,
+            workers,
+            check=False,
+        )
+
+    @staticmethod
+    def _fleet(
+        action: Callable[[str], object], names: Sequence[str], workers: int, check: bool = True
+    ) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(action, name) for name in names]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if check and errors:
+            raise errors[0]  # type: ignore[misc]
 
     def lxc_conf_path(self, name: str, project: str = "default") -> str:
         """The LXC config of a running container (``LXC_CONFIG_FILE`` in hooks)."""

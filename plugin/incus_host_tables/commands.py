@@ -12,7 +12,7 @@ from types import MappingProxyType
 from . import problems
 from .config import ConfigError, DeviceIntent, TableSettings, check_device, parse_device
 from .desired import FAMILY_OF
-from .engine import Engine
+from .engine import FULL, Engine
 from .exitcodes import ExitCode
 from .formats import Format, render
 from .incus import IncusClient, InstanceSnapshot
@@ -353,7 +353,7 @@ def _device_status(
     if snap.status != "Running" or ifindex is None:
         if row.state == "ok":
             row.state = "stopped"
-    elif intent is not None and host_name and engine.plan_device(host_name, intent).plan:
+    elif intent is not None and host_name and engine.plan_device(host_name, intent, FULL).plan:
         row.state = "drift"
     return row
 

@@ -76,13 +76,44 @@ class KeyKind(Enum):
     LEGACY = "legacy"  # ipv4.host_table: one uint32, as Incus/LXD accept it
 
 
-class FamilyIntent(NamedTuple):
-    """What the operator asked for one address family of one NIC."""
+class FamilyIntent:
+    """What the operator asked for one address family of one NIC. Equal when
+    the same is asked: where Incus copies the routes is not compared."""
 
-    family: Family
-    tables: tuple[int, ...]  # first is the primary table
-    addresses: tuple[IPAddress, ...] = ()
-    routes: tuple[IPNetwork, ...] = ()  # extra routes, via addresses[0]
+    __slots__ = ("addresses", "family", "incus_tables", "routes", "tables")
+
+    def __init__(
+        self,
+        family: Family,
+        tables: tuple[int, ...],  # first is the primary table
+        addresses: tuple[IPAddress, ...] = (),
+        routes: tuple[IPNetwork, ...] = (),  # extra routes, via addresses[0]
+        incus_tables: tuple[int, ...] = (),
+    ) -> None:
+        self.family = family
+        self.tables = tables
+        self.addresses = addresses
+        self.routes = routes
+        # The table Incus itself copies the routes into (its ipv4.host_table),
+        # chosen or not: where the plugin looks for those copies (facts.py).
+        self.incus_tables = incus_tables
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.family, self.tables, self.addresses, self.routes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FamilyIntent):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"FamilyIntent({self.family!r}, {self.tables!r}, {self.addresses!r}, "
+            f"{self.routes!r}, incus_tables={self.incus_tables!r})"
+        )
 
 
 class DeviceIntent:
@@ -519,6 +550,16 @@ def _routes_clash_with_addresses(
             )
 
 
+def _incus_table(raw: str | None) -> tuple[int, ...]:
+    """The table Incus copies a NIC's routes into for its deprecated key
+    (any uint32, 0 being main to the kernel), whether the plugin uses the
+    key or not; () when unset or not a number Incus would take."""
+    item = (raw or "").strip(" \t")
+    if not is_decimal(item) or int(item) > MAX_TABLE:
+        return ()
+    return (int(item) or MAIN_TABLE,)
+
+
 def _collect(
     device: Mapping[str, str], strict: bool, settings: TableSettings
 ) -> tuple[DeviceIntent | None, list[str], list[str]]:
@@ -553,7 +594,8 @@ def _collect(
             continue
         tables, family_warnings = resolved
         warnings.extend(family_warnings)
-        intents[family] = FamilyIntent(family, tables, addresses, routes)
+        incus = _incus_table(_value(device, _keys(family)[2]))
+        intents[family] = FamilyIntent(family, tables, addresses, routes, incus)
     if problems:
         return None, problems, warnings
     return DeviceIntent(intents["ipv4"], intents["ipv6"], vrf, tuple(warnings)), [], warnings

@@ -70,6 +70,12 @@ SYNC_ACTIONS = {
     "instance-resumed",
 }
 Key = tuple[str, str]  # (project, name)
+# Reconnect back-off: from RECONNECT_FIRST, doubling, at most RECONNECT_MAX
+# seconds. A connect attempt on the local unix socket costs next to nothing,
+# and a restarted incusd must be met within seconds: changes made right
+# after its restart are only seen by the reconcile that follows the reconnect.
+RECONNECT_FIRST = 0.25
+RECONNECT_MAX = 2.0
 TEXTFILE_INTERVAL = 15.0  # seconds between two writes of --metrics-textfile
 
 
@@ -189,13 +195,7 @@ class Daemon:
     def sync(self, key: Key, snapshot: InstanceSnapshot | None = None) -> None:
         project, name = key
         if snapshot is None:
-            try:
-                snapshot = self.client().instance(name, project)
-            except InstanceNotFoundError:
-                snapshot = None
-            except IncusError:
-                self._local.client = None  # reconnect next time
-                raise
+            snapshot = self._read_instance(project, name)
         lifecycle = Lifecycle(self.engine(), source="daemon")
         with self._state_lock:
             previous = self._applied.get(key, ())
@@ -230,6 +230,21 @@ class Daemon:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
         with self._state_lock:
             self._applied.pop(key, None)
+
+    def _read_instance(self, project: str, name: str) -> InstanceSnapshot | None:
+        """The instance as Incus has it now; None when it is gone. A failed
+        request is retried once on a fresh connection: the worker's old one
+        may have gone with an incusd that was restarted since."""
+        for attempt in (1, 2):
+            try:
+                return self.client().instance(name, project)
+            except InstanceNotFoundError:
+                return None
+            except IncusError:
+                self._local.client = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _managed(self, project: str, name: str, nics: Sequence[Nic]) -> list[ManagedDevice]:
         """The devices as just applied, by host interface index."""
@@ -285,14 +300,14 @@ class Daemon:
 
     def watch_events(self) -> None:
         """Subscribe, reconcile, handle events; reconnect with backoff."""
-        delay = 0.5
+        delay = RECONNECT_FIRST
         while not self._stop.is_set():
             try:
                 client = self._connect()
             except IncusError as err:
-                log.warning("Incus unreachable: %s; retrying in %.1fs", err, delay)
+                log.warning("Incus unreachable: %s; retrying in %.2fs", err, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, RECONNECT_MAX)
                 continue
             self._events_client = client
             try:
@@ -302,11 +317,11 @@ class Daemon:
                 client.subscribe(self.on_event, self._on_connected)
                 if not self._stop.is_set():
                     log.warning("event stream ended; reconnecting")
-                delay = 0.5
+                delay = RECONNECT_FIRST
             except IncusError as err:
-                log.warning("event stream failed: %s; retrying in %.1fs", err, delay)
+                log.warning("event stream failed: %s; retrying in %.2fs", err, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, RECONNECT_MAX)
             finally:
                 client.close()
                 self._events_client = None

@@ -1,8 +1,10 @@
 """One device: read the kernel, plan with the pure code, apply atomically.
 
 The kernel is the record of what the plugin owns: its routes and rules carry
-the plugin's routing protocol number. Nothing is kept on disk, so a crash or
-a reboot can never leave a stale record behind.
+the plugin's routing protocol number. The one thing kept on disk is *where*
+they may be on each interface (applied.py): written before an apply puts a
+route somewhere new, so that reading an interface can be scoped to those
+tables (facts.py) without ever missing a route of the plugin's.
 """
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ from __future__ import annotations
 import errno
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import eq, itemgetter, not_
 
 from . import planner
+from .applied import NOTHING, Applied, AppliedStore, RecordRead, RecordState, applied_of
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY, rules_for_intent
 from .diff import Plan
-from .facts import FAMILIES, DeviceFacts, FactReader, HostFacts
+from .facts import (
+    FAMILIES,
+    FULL,
+    MAIN_PROBE_LIMIT,
+    SCOPED,
+    DeviceFacts,
+    FactReader,
+    HostFacts,
+    Reading,
+    candidates,
+)
 from .locking import host_lock
 from .model import (
     KernelRoute,
@@ -35,12 +48,15 @@ from .planner import HostSettings
 
 __all__ = [
     "FAMILIES",
+    "FULL",
     "PROTOCOL",
     "PROTOCOL_NAME",
     "RTPROT_KERNEL",
+    "SCOPED",
     "DevicePlan",
     "Engine",
     "InterfaceMissing",
+    "Reading",
     "RouteConflict",
 ]
 
@@ -52,24 +68,49 @@ class InterfaceMissing(LookupError):
 
 
 class DevicePlan:
-    """A plan for one host interface, with what it was computed from."""
+    """A plan for one host interface, with what it was computed from. (A
+    plain class: `dataclasses` would cost every `device` command its import.)"""
 
-    __slots__ = ("ifindex", "ifname", "plan")
+    __slots__ = ("ifindex", "ifname", "plan", "record_after", "record_ahead", "record_now")
 
-    def __init__(self, ifname: str | None, ifindex: int | None, plan: Plan | None = None) -> None:
+    def __init__(
+        self,
+        ifname: str | None,
+        ifindex: int | None,
+        plan: Plan | None = None,
+        record_now: Applied | None = None,
+        record_ahead: Applied | None = None,
+        record_after: Applied | None = None,
+    ) -> None:
         self.ifname = ifname
         self.ifindex = ifindex
         self.plan = plan if plan is not None else Plan()
+        # The applied-tables record (applied.py) around the apply: what the
+        # file says now (None: nothing trustworthy), what it must say before
+        # the first change goes out, and after the last. None: not kept (rules).
+        self.record_now = record_now
+        self.record_ahead = record_ahead
+        self.record_after = record_after
+
+    def _values(self) -> tuple[object, ...]:
+        return (
+            self.ifname,
+            self.ifindex,
+            self.plan,
+            self.record_now,
+            self.record_ahead,
+            self.record_after,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DevicePlan):
             return NotImplemented
-        return (self.ifname, self.ifindex, self.plan) == (other.ifname, other.ifindex, other.plan)
+        return self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"DevicePlan({self.ifname!r}, {self.ifindex!r}, {self.plan!r})"
+        return f"DevicePlan({self._values()!r})"
 
     def changes(self) -> list[Change]:
         out: list[Change] = []
@@ -149,6 +190,7 @@ def _changes(kind: ChangeKind, items: Sequence[object], oif: int = 0) -> Iterato
 
 _ROUTE = itemgetter(0)  # KernelRoute.route
 _TABLE = itemgetter(1)  # Route.table
+_PROTOCOL = itemgetter(2)  # KernelRoute.protocol
 
 
 def _routes_of(kernel_routes: Iterable[KernelRoute]) -> Iterator[Route]:
@@ -196,6 +238,7 @@ class Engine:
         self.policy = OwnershipPolicy(protocol)
         self.settings = HostSettings(rule_priority, rp_table, self.policy)
         self.facts = FactReader(self.nl, self.policy, rp_table)
+        self.records = AppliedStore()
 
     def close(self) -> None:
         self.nl.close()
@@ -225,19 +268,71 @@ class Engine:
     def plugin_rules(self) -> list[KernelRule]:
         return self.facts.plugin_rules()
 
-    def device_facts(self, ifname: str, intent: DeviceIntent) -> DeviceFacts:
+    def _read_device(
+        self,
+        ifname: str,
+        ifindex: int,
+        intent: DeviceIntent | None,
+        how: Reading,
+        rp_families: tuple[int, ...],
+    ) -> tuple[DeviceFacts, RecordRead]:
+        """The interface's facts, scoped by its applied-tables record (and
+        ``how.tables`` besides) unless ``how.full`` (or the record is in
+        doubt, or the instance's prefixes are unknown: then every table)."""
+        record = self.records.read(ifname, ifindex)
+        if how.full or intent is None or record.state is RecordState.DOUBT:
+            return self.facts.device(ifname, ifindex, rp_families), record
+        trusted = record.state is RecordState.TRUSTED
+        where = candidates(intent, record.applied, trusted, self.rp_table, also=how.tables)
+        return self.facts.device_scoped(ifname, ifindex, where, rp_families), record
+
+    def device_facts(
+        self, ifname: str, intent: DeviceIntent, how: Reading = SCOPED
+    ) -> tuple[DeviceFacts, RecordRead]:
         """What converging ``intent`` on ``ifname`` depends on: the
         interface's routes, the plugin's rules, and the reverse-path table
-        of the families whose rule it may release."""
-        facts = self.facts.device(ifname, self._ifindex(ifname), rp_families=())
-        return self.facts.rp_held_elsewhere(
+        of the families whose rule it may release (and the record read)."""
+        index = self._ifindex(ifname)
+        facts, record = self._read_device(ifname, index, intent, how, ())
+        facts = self.facts.rp_held_elsewhere(
             facts, planner.rp_families_to_read(intent, facts, self.settings)
         )
+        return facts, record
 
-    def cleanup_facts(self, ifname: str | None) -> DeviceFacts:
+    def cleanup_facts(
+        self, ifname: str | None, intent: DeviceIntent | None, how: Reading = SCOPED
+    ) -> tuple[DeviceFacts, RecordRead | None]:
         """The same for a cleanup; the interface may be gone."""
         ifindex = self.facts.ifindex(ifname)
-        return self.facts.device(ifname, ifindex)
+        if ifname is None or ifindex is None:
+            return self.facts.device(ifname, None), None
+        return self._read_device(ifname, ifindex, intent, how, FAMILIES)
+
+    def _with_record(
+        self, dp: DevicePlan, facts: DeviceFacts, record: RecordRead | None
+    ) -> DevicePlan:
+        """``dp`` with the record before, ahead of and after its apply."""
+        if dp.ifname is None:
+            return dp
+        if dp.ifindex is None:  # the interface is gone, and its routes with it
+            dp.record_after = NOTHING
+            return dp
+        # Tens of thousands of routes on a big device: filtered in C.
+        routes, plan, limit = facts.routes, dp.plan, MAIN_PROBE_LIMIT
+        present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
+        there = applied_of(map(_ROUTE, present), limit)
+        kept = there
+        if plan.route_delete:
+            gone = set(map(id, plan.route_delete))  # the very objects of facts.routes
+            left = compress(present, map(not_, map(gone.__contains__, map(id, present))))
+            kept = applied_of(map(_ROUTE, left), limit)
+        new = chain(plan.route_add, map(_ROUTE, plan.route_adopt))
+        dp.record_after = kept.union(applied_of(new, limit))
+        now = record.applied if record is not None and record.state is RecordState.TRUSTED else None
+        dp.record_now = now
+        ahead = there.union(dp.record_after)
+        dp.record_ahead = ahead.union(now) if now is not None else ahead
+        return dp
 
     # -- planning ------------------------------------------------------------
 
@@ -246,15 +341,16 @@ class Engine:
         config alone shows): choosing the reverse-path table."""
         return planner.intent_problems(intent, self.settings)
 
-    def plan_device(self, ifname: str, intent: DeviceIntent) -> DevicePlan:
-        """What makes the kernel match ``intent`` for the interface."""
+    def plan_device(self, ifname: str, intent: DeviceIntent, how: Reading = SCOPED) -> DevicePlan:
+        """What makes the kernel match ``intent`` for the interface, from
+        the facts read as ``how`` says."""
         problems = self.intent_problems(intent)
         if problems:
             raise ConfigError(problems)
         with gc_paused():
-            facts = self.device_facts(ifname, intent)
+            facts, record = self.device_facts(ifname, intent, how)
             plan = planner.plan_device(intent, facts, self.settings)
-            return DevicePlan(ifname, facts.ifindex, plan)
+            return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
     def plan_cleanup(
         self,
@@ -262,14 +358,15 @@ class Engine:
         intent: DeviceIntent | None,
         *,
         families: Collection[int] | None = None,
+        how: Reading = SCOPED,
     ) -> DevicePlan:
         """Remove the device's routes from every table and release the rules
         only it needed. The interface may already be gone (instance stopped:
         the kernel dropped its routes with it). ``families``: only those."""
         with gc_paused():
-            facts = self.cleanup_facts(ifname)
+            facts, record = self.cleanup_facts(ifname, intent, how)
             plan = planner.plan_cleanup(intent, facts, self.settings, families)
-            return DevicePlan(ifname, facts.ifindex, plan)
+            return self._with_record(DevicePlan(ifname, facts.ifindex, plan), facts, record)
 
     def plan_rules_resync(self, gone: Collection[KernelRoute] = ()) -> DevicePlan:
         """Full resync of the plugin's rules from the plugin's routes.
@@ -286,17 +383,40 @@ class Engine:
     # -- applying ------------------------------------------------------------
 
     def apply(self, device_plan: DevicePlan) -> None:
-        if device_plan.plan.route_conflict:
-            raise RouteConflict(device_plan)
+        """Apply the plan; the interface's record is widened first where
+        the plan puts routes it does not name, and set to where the routes
+        are once every change went through (a failure leaves it wide)."""
+        dp = device_plan
+        if dp.plan.route_conflict:
+            raise RouteConflict(dp)
+        name, index = dp.ifname, dp.ifindex
+        now, ahead = dp.record_now, dp.record_ahead
+        widen = ahead and (now is None or not now.covers(ahead))
+        if name is not None and index is not None and ahead is not None and widen:
+            self.records.write(name, index, ahead)
+            now = ahead
         with gc_paused():
-            self.nl.apply_runs(device_plan.runs(), self.protocol, device_plan.ifname)
+            self.nl.apply_runs(dp.runs(), self.protocol, dp.ifname)
+        if name is None or dp.record_after is None or dp.record_after == now:
+            return
+        if index is None:
+            self.records.forget(name)
+        else:
+            self.records.write(name, index, dp.record_after)
 
-    def converge(self, ifname: str, intent: DeviceIntent, *, dry_run: bool = False) -> DevicePlan:
+    def converge(
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        dry_run: bool = False,
+        how: Reading = SCOPED,
+    ) -> DevicePlan:
         """Make the interface match ``intent``. A conflict with a route that
         is not the plugin's raises RouteConflict, a dry run included (plan
         equals apply)."""
         with host_lock(), gc_paused():
-            dp = self.plan_device(ifname, intent)
+            dp = self.plan_device(ifname, intent, how)
             if dp.plan.route_conflict:
                 raise RouteConflict(dp)
             if not dry_run:
@@ -310,9 +430,10 @@ class Engine:
         *,
         dry_run: bool = False,
         families: Collection[int] | None = None,
+        how: Reading = SCOPED,
     ) -> DevicePlan:
         with host_lock(), gc_paused():
-            dp = self.plan_cleanup(ifname, intent, families=families)
+            dp = self.plan_cleanup(ifname, intent, families=families, how=how)
             if not dry_run:
                 self.apply(dp)
         return dp

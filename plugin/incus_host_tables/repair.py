@@ -24,6 +24,7 @@ repair").
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -36,7 +37,7 @@ from enum import Enum
 from . import problems
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RULE_PRIORITY
-from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing
+from .engine import PROTOCOL, RTPROT_KERNEL, Engine, InterfaceMissing, Reading
 from .locking import instance_lock
 from .metrics import Metrics
 from .model import LOCAL_TABLE, describe_route, describe_rule
@@ -62,6 +63,9 @@ class RepairReason(Enum):
     DUMP_INTERRUPTED = "dump-interrupted"  # a dump kept being interrupted: full resync
 
 
+_FULL = frozenset({RepairReason.RESYNC, RepairReason.OVERFLOW, RepairReason.DUMP_INTERRUPTED})
+
+
 @dataclass(frozen=True)
 class ManagedDevice:
     project: str
@@ -83,6 +87,9 @@ class Drift:
     reason: RepairReason
     what: str
     link_up: bool | None = None  # for link notifications: the state it reports
+    # The tables the notified routes are in: read too by the repair, which
+    # otherwise reads only where the device's routes may be (facts.py).
+    tables: frozenset[int] = frozenset()
 
 
 def sender_port(sender: int) -> str:
@@ -132,9 +139,12 @@ def classify(
             f"route {describe_route(kr.route, device.host_name)} (protocol "
             f"{protocol_name(kr.protocol)}) "
         )
+        tables = frozenset({kr.route.table})
         if note.kind is NotificationKind.ROUTE_DELETED:
-            return kr.oif, Drift(RepairReason.ROUTE_DELETED, text + f"deleted {_by(note.sender)}")
-        return kr.oif, Drift(RepairReason.ROUTE_ADDED, text + f"added {_by(note.sender)}")
+            what = text + f"deleted {_by(note.sender)}"
+            return kr.oif, Drift(RepairReason.ROUTE_DELETED, what, tables=tables)
+        what = text + f"added {_by(note.sender)}"
+        return kr.oif, Drift(RepairReason.ROUTE_ADDED, what, tables=tables)
     if note.rule is not None:
         if note.rule.protocol != protocol:
             return None
@@ -183,6 +193,7 @@ class FightGuard:
 class _Pending:
     due: float
     drift: Drift
+    tables: frozenset[int] = frozenset()  # of every notification of the burst
 
 
 class Repairer:
@@ -291,8 +302,10 @@ class Repairer:
                 pending = self._pending.get(index)
                 if pending is None:
                     due = max(now + SETTLE, self._not_before.get(index, now))
-                    self._pending[index] = _Pending(due, drift)
-                elif drift.reason is RepairReason.LINK_FLAP:
+                    self._pending[index] = _Pending(due, drift, drift.tables)
+                    continue
+                pending.tables |= drift.tables
+                if drift.reason is RepairReason.LINK_FLAP:
                     pending.drift = drift  # the flap explains the rest of the burst
             self._cond.notify()
 
@@ -374,7 +387,8 @@ class Repairer:
                 resync = RepairReason.RESYNC
             self._resync = None
             due = [i for i, p in self._pending.items() if p.due <= now]
-            work = {i: self._pending.pop(i).drift for i in due}
+            popped = [(i, self._pending.pop(i)) for i in due]
+        work = {i: dataclasses.replace(p.drift, tables=p.tables) for i, p in popped}
         if resync is not None:
             self.resync(resync)
             return
@@ -432,7 +446,10 @@ class Repairer:
                         or index in self._down
                     ):
                         return
-                dp = engine.converge(device.host_name, device.intent)
+                # A resync reads every table: it also catches what a read
+                # scoped by the applied-tables record cannot see (facts.py).
+                how = Reading(drift.reason in _FULL, drift.tables)
+                dp = engine.converge(device.host_name, device.intent, how=how)
         except InterfaceMissing:
             log.debug("%s: interface gone; no longer repaired", device.label)
             self.forget(device.project, device.instance)

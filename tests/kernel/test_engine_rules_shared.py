@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from incus_host_tables.config import ConfigError, DeviceIntent
+from incus_host_tables.config import ConfigError, DeviceIntent, FamilyIntent
 from incus_host_tables.engine import Engine
 from lab.netns import NetNS
 
@@ -161,7 +161,8 @@ def test_the_rp_table_cannot_be_chosen(two: NetNS, make_engine: Callable[..., En
     engine = make_engine(two)
     before = two.state()
     base = intent(config(A4, A6))
-    chosen = DeviceIntent(base.ipv4._replace(tables=(100, 1158)), base.ipv6)
+    v4 = base.ipv4
+    chosen = DeviceIntent(FamilyIntent(v4.family, (100, 1158), v4.addresses), base.ipv6)
     with pytest.raises(ConfigError, match="table 1158 is the plugin's reverse-path table"):
         engine.converge("vh0", chosen)
     assert two.state() == before

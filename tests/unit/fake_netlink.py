@@ -188,6 +188,10 @@ class FakeKernel:
                 return self._dump_routes(seq, body)
             if kind == c.RTM_GETRULE and flags & c.NLM_F_DUMP == c.NLM_F_DUMP:
                 return self._dump_rules(seq, body)
+            if kind == c.RTM_GETROUTE:
+                # No route lookups here: the facts reader falls back to
+                # table-scoped dumps, as it does on an unclear answer.
+                return [_error(seq, kind, flags, errno.EOPNOTSUPP)]
             if kind in (c.RTM_NEWROUTE, c.RTM_DELROUTE, c.RTM_NEWRULE, c.RTM_DELRULE):
                 self.writes += 1
                 err = self._write(kind, flags, body)
@@ -346,5 +350,6 @@ class FakeNetlink(Netlink):
         self.kernel = kernel
         self._sock = FakeSocket(kernel)  # type: ignore[assignment]
         self._sock2 = FakeSocket(kernel)  # type: ignore[assignment]
+        self._fib = None  # no NETLINK_FIB_LOOKUP: main is dumped
         self._seq = 0
         self._seq_lock = threading.Lock()

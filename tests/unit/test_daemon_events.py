@@ -114,3 +114,51 @@ def test_another_members_instance_is_left_alone() -> None:
     snapshot = MagicMock(status="Running", location="m2", nics=(MagicMock(),))
     daemon.sync(("default", "c1"), snapshot)
     assert engine.method_calls == []
+
+
+class _StopAfter:
+    """The daemon's stop event: records the back-off waits, and is set at
+    the ``waits``-th one."""
+
+    def __init__(self, waits: int) -> None:
+        self.limit = waits
+        self.waits: list[float] = []
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.limit
+
+    def wait(self, delay: float) -> bool:
+        self.waits.append(delay)
+        return self.is_set()
+
+
+def test_reconnect_back_off_stays_within_two_seconds() -> None:
+    """Incus gone for a while: attempts 0.25 s apart, doubling, never more
+    than 2 s apart; after a stream that ran, the back-off starts over."""
+    from incus_host_tables.incus import IncusError
+
+    reachable = iter([False] * 7 + [True] + [False] * 2)
+
+    def connect() -> MagicMock:
+        if not next(reachable):
+            raise IncusError("nobody listens")
+        return MagicMock()  # its subscribe returns at once: the stream ended
+
+    daemon = Daemon(rule_priority=1100, connect=connect)
+    stop = daemon._stop = _StopAfter(9)  # type: ignore[assignment]
+    daemon.watch_events()
+    assert stop.waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 0.25, 0.5]
+
+
+def test_a_failed_instance_read_is_retried_on_a_fresh_connection() -> None:
+    """A worker's connection that died with a restarted incusd: one retry
+    on a new connection, not a lost sync."""
+    from incus_host_tables.incus import IncusError
+
+    dead, fresh = MagicMock(), MagicMock()
+    dead.instance.side_effect = IncusError("connection reset")
+    fresh.instance.return_value = "snapshot"
+    connections = iter([dead, fresh])
+    daemon = Daemon(rule_priority=1100, connect=lambda: next(connections))
+    assert daemon._read_instance("default", "c1") == "snapshot"
+    fresh.instance.assert_called_once_with("c1", "default")

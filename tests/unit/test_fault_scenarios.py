@@ -10,6 +10,7 @@ sync, every foreign route and rule is still there, unchanged.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import socket
@@ -190,6 +191,10 @@ class Scenario:
     reference_environment: Callable[[FakeKernel], None] | None = None
     # A second fault that hits the rollback of the first one's batch.
     undo_fault: Fault | None = None
+    # A second fault armed with the first (the report the overflow drops).
+    second_fault: Fault | None = None
+    # Fail closed: the faulty sync leaves the kernel exactly as it was.
+    as_it_was: bool = False
 
 
 def err(e: int) -> str:
@@ -274,6 +279,35 @@ SCENARIOS = [
         "device apply/ENOBUFS on an add (no isolation policy)",
         converge_c1,
         Fault(Op.ADD_ROUTE, errno.ENOBUFS, nth=2),
+    ),
+    Scenario(
+        "device apply/receive buffer overflow (ENOBUFS) after the batch went in",
+        converge_c1,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=2),
+        as_it_was=True,
+    ),
+    Scenario(
+        "device apply/receive buffer overflow drops the report of a refused add",
+        converge_c1,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=1),
+        second_fault=Fault(Op.ADD_ROUTE, errno.EEXIST, nth=2),
+        as_it_was=True,
+    ),
+    Scenario(
+        "device apply/receive buffer overflow while the rollback of a refused add runs",
+        converge_c1,
+        Fault(Op.ADD_ROUTE, errno.EBUSY, nth=3),
+        # The batch's first send holds 7 changes (the deletions of main's
+        # copies would come in the next); the undo's come next.
+        second_fault=Fault(Op.RECV, errno.ENOBUFS, after_writes=8),
+        as_it_was=True,
+    ),
+    Scenario(
+        "device cleanup/receive buffer overflow (ENOBUFS) during the deletes",
+        cleanup_c1_unknown,
+        Fault(Op.RECV, errno.ENOBUFS, after_writes=1),
+        prelude=[START_C1, start(C2)],
+        as_it_was=True,
     ),
     Scenario(
         "change/EBUSY removing the route of a table no longer chosen",
@@ -424,6 +458,8 @@ def test_scenario_count() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_single_fault_converges(scenario: Scenario) -> None:
+    # Faults count their hits: a fresh copy, so a re-run in the same process fires them again.
+    scenario = copy.deepcopy(scenario)
     # The desired state: the same steps, no fault.
     ref_kernel, ref, _ = prepared(scenario)
     if scenario.reference_environment is not None:
@@ -436,11 +472,17 @@ def test_single_fault_converges(scenario: Scenario) -> None:
     kernel, h, foreign = prepared(scenario)
     before = kernel.state()
     kernel.faults.append(scenario.fault)
-    if scenario.undo_fault is not None:
-        kernel.faults.append(scenario.undo_fault)
+    for extra in (scenario.undo_fault, scenario.second_fault):
+        if extra is not None:
+            kernel.faults.append(extra)
+    for fault in kernel.faults:
+        fault.after_writes += kernel.writes  # counted from here, not from the prelude
     errors = scenario.sync(h)
     assert scenario.fault.fired, "the fault was never reached"
-    assert scenario.undo_fault is None or scenario.undo_fault.fired
+    for extra in (scenario.undo_fault, scenario.second_fault):
+        assert extra is None or extra.fired
+    if scenario.as_it_was:
+        assert kernel.state() == before, "the failed apply left changes behind"
     assert_foreign_intact(kernel, foreign)
     if scenario.names is None:
         assert errors == ref_errors

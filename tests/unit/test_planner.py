@@ -10,7 +10,7 @@ from collections.abc import Collection
 
 import pytest
 
-from incus_host_tables.config import DeviceIntent, parse_device
+from incus_host_tables.config import DeviceIntent, FamilyIntent, parse_device
 from incus_host_tables.facts import DeviceFacts, HostFacts
 from incus_host_tables.model import KernelRoute, KernelRule, Route, Rule
 from incus_host_tables.planner import (
@@ -241,7 +241,8 @@ def test_resync_moves_a_kept_stale_rule_behind_a_new_reverse_path_rule() -> None
 
 def test_the_reverse_path_table_cannot_be_chosen() -> None:
     base = intent()
-    chosen = DeviceIntent(base.ipv4, base.ipv6._replace(tables=(100, RP)))
+    v6 = base.ipv6
+    chosen = DeviceIntent(base.ipv4, FamilyIntent(v6.family, (100, RP), v6.addresses))
     assert intent_problems(chosen, SETTINGS) == [
         "ipv6: table 1158 is the plugin's reverse-path table (--rp-table); it cannot be chosen"
     ]

@@ -16,7 +16,7 @@ import pytest
 
 from incus_host_tables import problems
 from incus_host_tables.config import DeviceIntent, parse_device
-from incus_host_tables.engine import InterfaceMissing
+from incus_host_tables.engine import SCOPED, InterfaceMissing, Reading
 from incus_host_tables.model import KernelRoute, Route
 from incus_host_tables.netlink import codec as c
 from incus_host_tables.netlink.kernel import NetlinkError
@@ -48,12 +48,22 @@ class FakeEngine:
     """Converges report one change (the route put back) unless told otherwise."""
 
     converged: list[str] = field(default_factory=list)
+    full_reads: list[bool] = field(default_factory=list)
+    tables_read: list[frozenset[int]] = field(default_factory=list)
     rules_resyncs: int = 0
     fail: Exception | None = None
     changes: list[str] = field(default_factory=lambda: ["+ route 198.51.100.10/32 table 100"])
 
-    def converge(self, ifname: str, intent: DeviceIntent) -> FakePlan:
+    def converge(
+        self,
+        ifname: str,
+        intent: DeviceIntent,
+        *,
+        how: Reading = SCOPED,
+    ) -> FakePlan:
         self.converged.append(ifname)
+        self.full_reads.append(how.full)
+        self.tables_read.append(how.tables)
         if self.fail is not None:
             raise self.fail
         return FakePlan(list(self.changes))
@@ -88,8 +98,8 @@ def repairer(engine: FakeEngine) -> Repairer:
     return make(engine)
 
 
-def deleted(oif: int = 7, sender: int = 999) -> Notification:
-    route = Route(socket.AF_INET, 100, ipaddress.ip_address("198.51.100.10").packed, 32, None, 0)
+def deleted(oif: int = 7, sender: int = 999, table: int = 100) -> Notification:
+    route = Route(socket.AF_INET, table, ipaddress.ip_address("198.51.100.10").packed, 32, None, 0)
     return Notification(
         NotificationKind.ROUTE_DELETED, sender, route=KernelRoute(route, oif, 158, 253, 1, b"")
     )
@@ -118,6 +128,14 @@ def test_a_burst_is_one_converge_per_device(repairer: Repairer, engine: FakeEngi
     settle_and_run(repairer)
     assert sorted(engine.converged) == ["veth1", "veth2"]
     assert repairs(repairer, "route-deleted") == 2
+
+
+def test_a_repair_reads_the_tables_of_its_burst(repairer: Repairer, engine: FakeEngine) -> None:
+    repairer.notify([deleted(table=100), deleted(table=300), deleted(oif=8, table=200)])
+    settle_and_run(repairer)
+    reads = dict(zip(engine.converged, engine.tables_read, strict=True))
+    assert reads == {"veth1": {100, 300}, "veth2": {200}}
+    assert engine.full_reads == [False, False]
 
 
 def test_nothing_is_done_before_the_burst_settles(repairer: Repairer, engine: FakeEngine) -> None:
@@ -164,6 +182,8 @@ def test_an_interrupted_dump_triggers_a_full_resync(repairer: Repairer, engine: 
     engine.fail = None
     repairer.run_due()  # the resync: every device, then the rules
     assert engine.converged == ["veth1", "veth1", "veth2"]
+    # The notification's repair reads the record's tables; the resync every table.
+    assert engine.full_reads == [False, True, True]
     assert engine.rules_resyncs == 1
     trigger = repairer.metrics.registry.get_sample_value(
         "incus_host_tables_resyncs_total", {"trigger": "dump-interrupted"}

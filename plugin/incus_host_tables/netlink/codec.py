@@ -53,6 +53,7 @@ RTM_GETRULE = 34
 
 # route attributes
 RTA_DST = 1
+RTA_IIF = 3
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
@@ -62,6 +63,8 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
 RT_TABLE_UNSPEC = 0
+RTM_F_LOOKUP_TABLE = 0x1000  # a route get: say which table answered (IPv4)
+RTM_F_FIB_MATCH = 0x2000  # a route get: answer with the FIB entry that matched
 
 # rule attributes
 FRA_DST = 1
@@ -179,6 +182,56 @@ def dump_request(
         if oif is not None:
             body += _pack_u32_attr(8, RTA_OIF, oif)
     return message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def probe_request(seq: int, family: int, dst: bytes, iif: int | None = None) -> bytes:
+    """A route get (not a dump) for ``dst`` answered with the FIB entry the
+    lookup matched, as a dump shows it. The lookup goes through the policy
+    rules as the host's own traffic (or, with ``iif``, traffic arriving on
+    that interface) would: see facts.py for how the answer is judged."""
+    flags = RTM_F_FIB_MATCH | (RTM_F_LOOKUP_TABLE if family == AF_INET else 0)
+    body = RTMSG.pack(family, len(dst) * 8, 0, 0, 0, 0, 0, 0, flags) + _attr(RTA_DST, dst)
+    if iif is not None:
+        body += _pack_u32_attr(8, RTA_IIF, iif)
+    return message(RTM_GETROUTE, NLM_F_REQUEST, seq, body)
+
+
+def without_attribute(body: bytes, kind: int) -> bytes:
+    """An rtmsg and its attributes without those of type ``kind`` (what a
+    route get adds to the route it shows, e.g. RTA_IIF)."""
+    if not any(atype == kind for atype, _s, _e in attributes(body, BODY, len(body))):
+        return body
+    kept = [body[:BODY]]
+    pos = BODY
+    while pos + 4 <= len(body):
+        alen, atype = _unpack_rtattr(body, pos)
+        if alen < 4:
+            break
+        step = (alen + 3) & ~3
+        if atype != kind:
+            kept.append(body[pos : pos + step])
+        pos += step
+    return b"".join(kept)
+
+
+# NETLINK_FIB_LOOKUP (<net/ip_fib.h> struct fib_result_nl): an IPv4 lookup in
+# one table given by ID (up to 255), without policy rules. The request and
+# the answer are the same struct: fl_addr, fl_mark, fl_tos, fl_scope,
+# tb_id_in, then tb_id, prefixlen, nh_sel, type, scope, err.
+NETLINK_FIB_LOOKUP = 10
+FIB_RESULT_NL = struct.Struct("=4sIBBBBBBBBi")
+
+
+def fib_lookup_request(seq: int, table: int, dst: bytes) -> bytes:
+    body = FIB_RESULT_NL.pack(dst, 0, 0, 0, table, 0, 0, 0, 0, 0, 0)
+    return message(0, NLM_F_REQUEST, seq, body)
+
+
+def decode_fib_lookup(buf: bytes, start: int) -> tuple[int, int]:
+    """(errno, prefix length of the longest match) of a NETLINK_FIB_LOOKUP
+    answer; errno EAGAIN means no route of the table matched."""
+    *_head, prefixlen, _nh, _type, _scope, err = FIB_RESULT_NL.unpack_from(buf, start)
+    return -err, prefixlen
 
 
 def iter_messages(buf: bytes | memoryview) -> Iterator[tuple[int, int, int, int, int]]:

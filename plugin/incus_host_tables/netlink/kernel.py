@@ -13,6 +13,11 @@ preference, not in its old place. So rule deletions are sent one by one: a
 failed apply leaves the rules as they were, unless one of those very
 deletions fails.
 
+Reports can be lost: when the socket's receive buffer overflows, the kernel
+drops them and the next read fails with ENOBUFS. Then nothing more is sent,
+the changes that took effect are read back from the kernel (readback.py)
+and undone: the apply fails closed, leaving the host as it was.
+
 Dumps ask the kernel to filter (strict checking: by table, protocol and
 output interface), so the routes of other interfaces never reach Python.
 Both directions are bulk code paths (see codec and docs/performance.md).
@@ -23,6 +28,7 @@ from __future__ import annotations
 # The C module: `socket` itself adds `selectors` and ~400 enum members
 # to the start-up of every `device` command.
 import _socket as socket
+import contextlib
 import errno as errno_mod
 import os
 import threading
@@ -91,6 +97,15 @@ class ApplyError(Exception):
     @property
     def rolled_back(self) -> bool:
         return not self.undo_failures
+
+
+class _AcksLost(Exception):
+    """The receive buffer overflowed while a batch's failure reports were
+    read: some may be lost. ``sent``: how many of its messages were sent."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 class ChangeKind(StrEnum):
@@ -270,12 +285,27 @@ class Netlink:
         except BaseException:
             self._sock.close()
             raise
+        # IPv4 lookups in one table (facts.py probes main with it); opened
+        # now for the namespace, as the others. A kernel without it: None.
+        self._fib: socket.socket | None = None
+        try:
+            self._fib = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, c.NETLINK_FIB_LOOKUP
+            )
+            self._fib.bind((0, 0))
+            self._fib.settimeout(1.0)  # an answer never comes: taken as no lookup
+        except OSError:
+            if self._fib is not None:
+                self._fib.close()
+            self._fib = None
         self._seq = 0
         self._seq_lock = threading.Lock()
 
     def close(self) -> None:
         self._sock.close()
         self._sock2.close()
+        if self._fib is not None:
+            self._fib.close()
 
     def ports(self) -> tuple[int, int]:
         """The netlink ports of this object's sockets: the kernel's
@@ -443,6 +473,58 @@ class Netlink:
                     return []  # the filtered table does not exist: nothing in it
                 raise NetlinkError(err, f"{os.strerror(err)} {text}".strip())
 
+    def fib_lookup(self, table: int, dsts: Sequence[bytes]) -> list[int | None] | None:
+        """For each IPv4 address, the prefix length of the longest match in
+        ``table`` (an ID up to 255), looked up there alone (no policy
+        rules); -1: no route of the table matches; None: the lookup failed
+        otherwise (an unreachable route, ...). None for the whole when the
+        kernel offers no such lookup. One request per system call: the
+        kernel answers only the first message of each."""
+        sock = self._fib
+        if sock is None or not 0 < table < 256:
+            return None
+        out: list[int | None] = []
+        try:
+            for dst in dsts:
+                seq = self._next_seq()
+                sock.send(c.fib_lookup_request(seq, table, dst))
+                while True:
+                    buf = sock.recv(RECV_BYTES)
+                    length, _kind, _flags, mseq, _pid = c.NLMSGHDR.unpack_from(buf, 0)
+                    if mseq == seq and length >= c.HDR + c.FIB_RESULT_NL.size:
+                        break
+                err, prefixlen = c.decode_fib_lookup(buf, c.HDR)
+                out.append(prefixlen if not err else (-1 if err == errno_mod.EAGAIN else None))
+        except TimeoutError:
+            return None
+        return out
+
+    def probe(
+        self, family: int, dsts: Sequence[bytes], iif: int | None = None
+    ) -> list[KernelRoute | int]:
+        """For each address, the FIB entry a lookup matches (a route get
+        with RTM_F_FIB_MATCH, see codec.probe_request), or the errno the
+        kernel answered. All requests go in one system call."""
+        if not dsts:
+            return []
+        first = self._next_seq(len(dsts))
+        self._sock.send(
+            b"".join(c.probe_request(first + i, family, dst, iif) for i, dst in enumerate(dsts))
+        )
+        answers: dict[int, KernelRoute | int] = {}
+        while len(answers) < len(dsts):
+            buf = self._sock.recv(RECV_BYTES)
+            for kind, flags, seq, start, end in c.iter_messages(buf):
+                i = seq - first
+                if not 0 <= i < len(dsts):
+                    continue  # a late reply to an earlier request
+                if kind == c.NLMSG_ERROR:
+                    answers[i] = c.decode_error(buf, start, end, flags)[0]
+                elif kind == c.RTM_NEWROUTE:
+                    body = c.without_attribute(bytes(buf[start:end]), c.RTA_IIF)
+                    answers[i] = c.decode_route(body, 0, len(body))
+        return [answers[i] for i in range(len(dsts))]
+
     def rules(self, family: int, *, protocol: int = 0) -> list[KernelRule]:
         """Policy rules of ``family``; only those of ``protocol`` when given."""
         for attempt in range(5):
@@ -470,18 +552,54 @@ class Netlink:
         first, count = batch.first_seq, len(batch)
         bounds = sorted(breaks)
         sent = start
-        while sent < count and not failures:
-            later = bisect_right(bounds, sent)
-            stop = min(sent + CHUNK_MESSAGES, bounds[later] if later < len(bounds) else count)
-            self._sock.send(batch.data(sent, stop))
-            sent = stop
-            # rtnetlink handles requests synchronously inside send(): every
-            # report for this chunk is already queued.
-            self._collect(first, count, failures, until=None)
-        end_seq = self._next_seq()
-        self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, end_seq, b""))
-        self._collect(first, count, failures, until=end_seq)
+        try:
+            while sent < count and not failures:
+                later = bisect_right(bounds, sent)
+                stop = min(sent + CHUNK_MESSAGES, bounds[later] if later < len(bounds) else count)
+                self._sock.send(batch.data(sent, stop))
+                sent = stop
+                # rtnetlink handles requests synchronously inside send(): every
+                # report for this chunk is already queued.
+                self._collect(first, count, failures, until=None)
+            end_seq = self._next_seq()
+            self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, end_seq, b""))
+            self._collect(first, count, failures, until=end_seq)
+        except OSError as err:
+            if err.errno != errno_mod.ENOBUFS:
+                raise
+            # Nothing more is sent: what went through is read back instead.
+            self._drain()
+            raise _AcksLost(sent) from err
         return failures, sent
+
+    def _drain(self, attempts: int = 5) -> None:
+        """After an overflow: drop every queued reply, then send a no-op and
+        read up to its acknowledgement, so that no stale reply is left for
+        the next request (an empty buffer cannot drop that one)."""
+        for _ in range(attempts):
+            try:
+                while True:
+                    self._sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as err:
+                if err.errno != errno_mod.ENOBUFS:
+                    raise
+                continue  # more was dropped meanwhile: drain again
+            seq = self._next_seq()
+            self._sock.send(c.message(c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, b""))
+            try:
+                while True:
+                    buf = self._sock.recv(RECV_BYTES)
+                    if any(
+                        kind == c.NLMSG_ERROR and mseq == seq
+                        for kind, _f, mseq, _s, _e in c.iter_messages(buf)
+                    ):
+                        return
+            except OSError as err:
+                if err.errno != errno_mod.ENOBUFS:
+                    raise
+        raise NetlinkError(errno_mod.ENOBUFS, "the netlink socket keeps overflowing")
 
     def _collect(
         self, first: int, count: int, failures: dict[int, tuple[int, str]], until: int | None
@@ -515,7 +633,16 @@ class Netlink:
             return
         with gc_paused():
             batch = encode_runs(runs, protocol, self._next_seq(count))
-            failures, sent = self._send_batch(batch, _breaks(runs))
+            try:
+                failures, sent = self._send_batch(batch, _breaks(runs))
+            except _AcksLost as lost:
+                left = self._undo_by_reading(changes_of(runs)[: lost.sent], protocol, ifname)
+                raise ApplyError(
+                    f"apply of {count} changes" + (f" on {ifname}" if ifname else ""),
+                    errno_mod.ENOBUFS,
+                    "the kernel's reports were lost; what took effect was read back",
+                    left,
+                ) from None
         if not failures:
             return
         changes = changes_of(runs)
@@ -525,12 +652,38 @@ class Netlink:
         undo_failures: list[str] = []
         if done:
             undo = encode_batch(done, protocol, self._next_seq(len(done)), undo=True)
-            undo_errors = self._send_batch_all(undo)
+            try:
+                undo_errors = self._send_batch_all(undo)
+            except _AcksLost:  # the undo's own reports: read back what is left
+                undo_failures = self._undo_by_reading(done[::-1], protocol, ifname)
+                undo_errors = {}
             for j, (uerr, utext) in sorted(undo_errors.items()):
                 undo_failures.append(
                     f"{done[j].describe(ifname)}: {os.strerror(uerr)} {utext}".strip()
                 )
         raise ApplyError(changes[first_bad].describe(ifname), err, text, undo_failures)
+
+    def _undo_by_reading(
+        self, changes: list[Change], protocol: int, ifname: str | None, attempts: int = 3
+    ) -> list[str]:
+        """The reports of ``changes`` (in batch order) were lost: read back
+        which of them took effect and undo exactly those, in reverse order,
+        with bounded retries, each from a fresh read. Returns what could
+        not be undone (empty: the host is as it was before them)."""
+        from .readback import in_effect  # a rare path: kept off the import
+
+        def read_routes(family: int, table: int) -> list[KernelRoute]:
+            return self.routes(family, table=table)
+
+        done = in_effect(changes, protocol, read_routes, self.rules)
+        for _ in range(attempts):
+            if not done:
+                break
+            undo = encode_batch(done[::-1], protocol, self._next_seq(len(done)), undo=True)
+            with contextlib.suppress(_AcksLost):
+                self._send_batch_all(undo)
+            done = in_effect(changes, protocol, read_routes, self.rules)
+        return [f"{change.describe(ifname)}: still in effect" for change in done]
 
     def _send_batch_all(self, batch: c.Batch) -> dict[int, tuple[int, str]]:
         """Like _send_batch, but keeps going after failures (for undo)."""
