@@ -15,7 +15,7 @@ from enum import Enum
 from itertools import repeat
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
-from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE
+from .model import DEFAULT_RP_TABLE, DEFAULT_TABLE, LOCAL_TABLE, MAIN_TABLE, Value
 from .numbers import NumberError, is_decimal, parse_decimal
 
 Family = Literal["ipv4", "ipv6"]
@@ -76,7 +76,7 @@ class KeyKind(Enum):
     LEGACY = "legacy"  # ipv4.host_table: one uint32, as Incus/LXD accept it
 
 
-class FamilyIntent:
+class FamilyIntent(Value):
     """What the operator asked for one address family of one NIC. Equal when
     the same is asked: where Incus copies the routes is not compared."""
 
@@ -101,14 +101,6 @@ class FamilyIntent:
     def _key(self) -> tuple[object, ...]:
         return (self.family, self.tables, self.addresses, self.routes)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FamilyIntent):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
     def __repr__(self) -> str:
         return (
             f"FamilyIntent({self.family!r}, {self.tables!r}, {self.addresses!r}, "
@@ -116,7 +108,7 @@ class FamilyIntent:
         )
 
 
-class DeviceIntent:
+class DeviceIntent(Value):
     """One NIC's intent. Two intents are equal when they route alike: the
     warnings met while parsing are not compared."""
 
@@ -129,24 +121,13 @@ class DeviceIntent:
         vrf: str | None = None,
         warnings: tuple[str, ...] = (),
     ) -> None:
-        self.ipv4 = ipv4
-        self.ipv6 = ipv6
-        self.vrf = vrf
-        self.warnings = warnings
+        self.ipv4, self.ipv6, self.vrf, self.warnings = ipv4, ipv6, vrf, warnings
 
     def families(self) -> tuple[FamilyIntent, FamilyIntent]:
         return (self.ipv4, self.ipv6)
 
-    def _key(self) -> tuple[FamilyIntent, FamilyIntent, str | None]:
+    def _key(self) -> tuple[object, ...]:
         return (self.ipv4, self.ipv6, self.vrf)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DeviceIntent):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
 
     def __repr__(self) -> str:
         return (

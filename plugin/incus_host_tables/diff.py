@@ -6,11 +6,11 @@ from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import NamedTuple
 
-from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule
+from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule, Value
 from .ownership import OwnershipPolicy
 
 
-class Plan:
+class Plan(Value):
     """Changes for one apply, in the order they are sent. (A plain class:
     `dataclasses` would cost every `device` command its import.)"""
 
@@ -49,13 +49,8 @@ class Plan:
         # (ownership.py): the plan cannot be applied.
         self.route_conflict = route_conflict if route_conflict is not None else []
 
-    def _values(self) -> tuple[list[object], ...]:
+    def _key(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self._FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Plan):
-            return NotImplemented
-        return self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 

@@ -37,6 +37,7 @@ from .model import (
     KernelRule,
     Route,
     Rule,
+    Value,
     describe_route,
     describe_routes,
     describe_rule,
@@ -67,7 +68,7 @@ class InterfaceMissing(LookupError):
         self.ifname = ifname
 
 
-class DevicePlan:
+class DevicePlan(Value):
     """A plan for one host interface, with what it was computed from. (A
     plain class: `dataclasses` would cost every `device` command its import.)"""
 
@@ -92,7 +93,7 @@ class DevicePlan:
         self.record_ahead = record_ahead
         self.record_after = record_after
 
-    def _values(self) -> tuple[object, ...]:
+    def _key(self) -> tuple[object, ...]:
         return (
             self.ifname,
             self.ifindex,
@@ -102,15 +103,10 @@ class DevicePlan:
             self.record_after,
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DevicePlan):
-            return NotImplemented
-        return self._values() == other._values()
-
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"DevicePlan({self._values()!r})"
+        return f"DevicePlan{self._key()!r}"
 
     def changes(self) -> list[Change]:
         out: list[Change] = []

@@ -28,6 +28,26 @@ DEFAULT_PRIORITY: dict[int, int] = {AF_INET: 0, AF_INET6: 1024}
 HOST_PREFIXLEN: dict[int, int] = {AF_INET: 32, AF_INET6: 128}
 
 
+class Value:
+    """Equality (and, unless a subclass is mutable, hashing) by ``_key()``:
+    for the few plain value classes of the device path, which are not
+    dataclasses because `dataclasses` costs every `device` command its
+    import (docs/performance.md)."""
+
+    __slots__ = ()
+
+    def _key(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
 class Route(NamedTuple):
     """A route as the plugin means it (the interface is implied by the device)."""
 
