@@ -38,7 +38,7 @@ from operator import eq, itemgetter
 from typing import NamedTuple
 
 from .locking import run_dir
-from .model import AF_INET, AF_INET6, MAIN_TABLE, Route, format_prefix
+from .model import AF_INET, AF_INET6, MAIN_TABLE, Route, family_tables, format_prefix
 
 Prefix = tuple[int, bytes, int]  # (family, dst, prefixlen)
 
@@ -115,7 +115,6 @@ class Applied:
 NOTHING = Applied()
 
 
-_FAMILY_TABLE = itemgetter(0, 1)  # Route.family, Route.table
 _TABLE = itemgetter(1)
 
 
@@ -125,7 +124,7 @@ def applied_of(routes: Iterable[Route], main_limit: int) -> Applied:
     device may have tens of thousands: the tables are collected in C, and
     only the routes in main are looked at one by one."""
     routes = list(routes)
-    pairs = set(map(_FAMILY_TABLE, routes))
+    pairs = family_tables(routes)
     tables = {
         f: frozenset(t for fam, t in pairs if fam == f and t != MAIN_TABLE) for f in FAMILY_WORDS
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from itertools import repeat
-from operator import itemgetter
 
 from .config import DeviceIntent
 from .model import (
@@ -21,6 +20,7 @@ from .model import (
     MAIN_TABLE,
     Route,
     Rule,
+    family_tables,
 )
 from .model import DEFAULT_RP_TABLE as DEFAULT_RP_TABLE
 
@@ -112,9 +112,6 @@ def prunable_table(intent: DeviceIntent, table: int) -> bool:
     return True
 
 
-_FAMILY_TABLE = itemgetter(0, 1)
-
-
 def rp_rule(family: int, rp_table: int, priority: int) -> Rule:
     """The one reverse-path rule of a family: `iif lo lookup RP_TABLE`."""
     return Rule(family, rp_table, priority, None, 0, None)
@@ -124,9 +121,10 @@ def rules_for_routes(routes: Iterable[Route], priority: int, rp_table: int) -> s
     """The reverse-path rule of every family of which ``routes`` put a
     route in the reverse-path table. Only the few distinct (family, table)
     pairs of thousands of routes are looked at."""
+    routes = routes if isinstance(routes, list) else list(routes)
     return {
         rp_rule(family, rp_table, priority)
-        for family, table in set(map(_FAMILY_TABLE, routes))
+        for family, table in family_tables(routes)
         if table == rp_table
     }
 

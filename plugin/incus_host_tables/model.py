@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import _socket  # not `socket`: see netlink/kernel.py
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import groupby, repeat
-from operator import add, itemgetter
+from itertools import compress, groupby, repeat
+from operator import add, eq, itemgetter
 from typing import NamedTuple
 
 AF_INET: int = _socket.AF_INET
@@ -132,6 +132,25 @@ _ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)  # family, table, prefixlen, gateway, p
 _ROUTE_DST = itemgetter(2)
 
 
+_FAMILY = itemgetter(0)
+_TABLE = itemgetter(1)
+
+
+def family_tables(routes: Sequence[Route]) -> set[tuple[int, int]]:
+    """The distinct (family, table) of ``routes``. Thousands of routes,
+    a handful of pairs: the tables are collected family by family in C,
+    without a pair made per route."""
+    families = set(map(_FAMILY, routes))
+    if len(families) == 1:
+        (family,) = families
+        return {(family, table) for table in set(map(_TABLE, routes))}
+    pairs: set[tuple[int, int]] = set()
+    for family in families:
+        of_family = compress(routes, map(eq, map(_FAMILY, routes), repeat(family)))
+        pairs.update((family, table) for table in set(map(_TABLE, of_family)))
+    return pairs
+
+
 def describe_rule(rule: Rule) -> str:
     family = "-4" if rule.family == AF_INET else "-6"
     text = f"{family} pref {rule.priority} iif lo"
@@ -153,6 +172,7 @@ def gc_paused() -> Iterator[None]:
     costs a third of the bulk time. Reference counting still frees
     everything at once; the collector runs as usual afterwards. Nesting is
     fine: only the outermost pause re-enables it.
+
     """
     if not gc.isenabled():
         yield
