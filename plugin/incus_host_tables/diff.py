@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import and_, countOf, eq, is_not, itemgetter, ne, not_
 from typing import NamedTuple
 
 from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule, Value
@@ -90,6 +91,10 @@ class RouteDiff(NamedTuple):
 
 
 _KEY = itemgetter(0, 1, 2, 3, 5)  # family, table, dst, prefixlen, priority: the kernel's identity
+_ROUTE = itemgetter(0)  # KernelRoute.route
+_PROTOCOL = itemgetter(2)  # KernelRoute.protocol
+_TABLE = itemgetter(1)  # Route.table
+_GATEWAY = itemgetter(4)  # Route.gateway
 
 
 def diff_routes(
@@ -111,10 +116,12 @@ def diff_routes(
     route, that is a conflict. ``owned_prefixes`` None: the instance's
     prefixes are unknown (see ownership.py).
     """
-    # One pass over thousands of routes: plain loop, locals only, no calls
-    # on the common paths (desired and present; ours, to delete).
     want = dict.fromkeys(desired)
     ours = policy.protocol
+    if not want:
+        return RouteDiff([], [], _removable(present, policy, owned_prefixes, prunable), [])
+    # One pass over thousands of routes: plain loop, locals only, no calls
+    # on the common paths (desired and present; ours, to delete).
     adopt: list[KernelRoute] = []
     delete: list[KernelRoute] = []
     foreign: list[KernelRoute] = []
@@ -143,13 +150,47 @@ def diff_routes(
         by_key = {_KEY(r): r for r in want if r not in seen}
         conflicts = [(by_key[_KEY(kr.route)], kr) for kr in foreign if _KEY(kr.route) in by_key]
     add = [r for r in want if r not in seen] if seen else list(want)
-    # Extra routes before host routes: their gateway resolves through them
-    # (the same stable order a sort on "is a host route" gives).
-    if any(kr.route.gateway is not None for kr in delete):
-        delete = [kr for kr in delete if kr.route.gateway is not None] + [
+    return RouteDiff(add, adopt, _gateways_first(delete), conflicts)
+
+
+def _removable(
+    present: Iterable[KernelRoute],
+    policy: OwnershipPolicy,
+    owned_prefixes: set[tuple[int, bytes, int]] | None,
+    prunable: Callable[[int], bool],
+) -> list[KernelRoute]:
+    """``diff_routes``'s deletions when nothing is desired (a cleanup): ours,
+    and Incus's copies in prunable tables; never the local table. Ours are
+    told apart in C; only the others (a few) are looked at one by one."""
+    present = list(present)
+    protocols = list(map(_PROTOCOL, present))
+    keep: list[bool] | None = None  # None: every one
+    if countOf(protocols, policy.protocol) != len(present):
+        keep = list(map(eq, protocols, repeat(policy.protocol)))
+        for i in compress(range(len(present)), map(not_, keep)):
+            kr = present[i]
+            keep[i] = policy.adoptable(kr, owned_prefixes) and prunable(kr.route.table)
+    routes = list(map(_ROUTE, present))
+    if LOCAL_TABLE in map(_TABLE, routes):
+        not_local = map(ne, map(_TABLE, routes), repeat(LOCAL_TABLE))
+        keep = list(map(and_, keep, not_local)) if keep is not None else list(not_local)
+    if keep is None:
+        return _gateways_first(present, routes)
+    return _gateways_first(list(compress(present, keep)))
+
+
+def _gateways_first(
+    delete: list[KernelRoute], routes: list[Route] | None = None
+) -> list[KernelRoute]:
+    """Extra routes before host routes: their gateway resolves through them
+    (the same stable order a sort on "is a host route" gives). ``routes``:
+    those of ``delete``, when already at hand."""
+    gateways = map(_GATEWAY, routes if routes is not None else map(_ROUTE, delete))
+    if any(map(is_not, gateways, repeat(None))):
+        return [kr for kr in delete if kr.route.gateway is not None] + [
             kr for kr in delete if kr.route.gateway is None
         ]
-    return RouteDiff(add, adopt, delete, conflicts)
+    return delete
 
 
 def diff_rules(

@@ -9,7 +9,7 @@ is here, and tested table-driven without a kernel.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from operator import itemgetter
+from operator import countOf, itemgetter
 from typing import NamedTuple
 
 from .config import DeviceIntent
@@ -28,6 +28,7 @@ from .model import MAIN_TABLE, KernelRoute, KernelRule, Route, Rule
 from .ownership import POLICY, OwnershipPolicy
 
 _ROUTE = itemgetter(0)  # KernelRoute.route
+_PROTOCOL = itemgetter(2)  # KernelRoute.protocol
 
 
 class HostSettings(NamedTuple):
@@ -110,10 +111,10 @@ def plan_cleanup(
     the config is unreadable (ownership.py: fail closed). The interface may
     be gone: then the intent's tables tell which rules it held. ``families``:
     only those (a retry family by family after a failure)."""
-    owned = instance_prefixes(intent) if intent is not None else None
     routes = facts.routes
     if families is not None:
         routes = [kr for kr in routes if kr.route.family in families]
+    owned = _owned_prefixes(intent, routes, settings)
     diff = diff_routes([], routes, policy=settings.policy, owned_prefixes=owned,
                        prunable=lambda table: True)  # fmt: skip
     released = _rules(list(map(_ROUTE, diff.delete)), settings)
@@ -124,6 +125,20 @@ def plan_cleanup(
     plan = Plan(route_delete=diff.delete)
     _plan_rules(plan, set(), released, facts)
     return plan
+
+
+def _owned_prefixes(
+    intent: DeviceIntent | None, routes: Sequence[KernelRoute], settings: HostSettings
+) -> set[tuple[int, bytes, int]] | None:
+    """``instance_prefixes`` for a cleanup (None: the intent is unknown).
+    Only routes not of the plugin's protocol are checked against them: when
+    every route is ours (a big device's usual case, counted in C), the
+    thousands of prefixes are not made, and none is claimed."""
+    if intent is None:
+        return None
+    if countOf(map(_PROTOCOL, routes), settings.protocol) == len(routes):
+        return set()
+    return instance_prefixes(intent)
 
 
 def _plan_rules(plan: Plan, needed: set[Rule], released: set[Rule], facts: DeviceFacts) -> None:
