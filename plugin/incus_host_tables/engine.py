@@ -13,7 +13,7 @@ import errno
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import chain, compress, repeat
-from operator import eq, itemgetter, not_
+from operator import countOf, eq, itemgetter, not_
 
 from . import planner
 from .applied import NOTHING, Applied, AppliedStore, RecordRead, RecordState, applied_of
@@ -315,11 +315,19 @@ class Engine:
             return dp
         # Tens of thousands of routes on a big device: filtered in C.
         routes, plan, limit = facts.routes, dp.plan, MAIN_PROBE_LIMIT
-        present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
+        present = list(routes)
+        if countOf(map(_PROTOCOL, present), self.protocol) != len(present):
+            present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
         there = applied_of(map(_ROUTE, present), limit)
         kept = there
-        if plan.route_delete:
-            gone = set(map(id, plan.route_delete))  # the very objects of facts.routes
+        # The deletions are the very objects of facts.routes, each once: as
+        # many of ours among them as there are present means none is kept
+        # (a cleanup's case, counted in C).
+        deleted = plan.route_delete
+        if deleted and countOf(map(_PROTOCOL, deleted), self.protocol) == len(present):
+            kept = NOTHING
+        elif deleted:
+            gone = set(map(id, deleted))
             left = compress(present, map(not_, map(gone.__contains__, map(id, present))))
             kept = applied_of(map(_ROUTE, left), limit)
         new = chain(plan.route_add, map(_ROUTE, plan.route_adopt))
