@@ -448,11 +448,10 @@ class Batch:
                 column = _words(rows)[_RTM_FLAGS_WORD::width]
                 if any(column.tobytes()):  # rare: dumps nearly never carry flags
                     column[:] = array("I", [v & rtm_flags_mask for v in column.tolist()])
-            block = bytearray((HDR + size) * n)
+            # Every message's header as the first one's (a repeated pattern,
+            # copied in C), then the sequence numbers and the bodies written in.
+            block = bytearray(_pack_hdr(HDR + size, kind, flags, 0, 0) + bytes(size)) * n
             words = _words(block)
-            header = _words(_pack_hdr(HDR + size, kind, flags, 0, 0))  # len, type+flags, seq, pid
-            words[0::stride] = array("I", header[0:1]) * n
-            words[1::stride] = array("I", header[1:2]) * n
             words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
             self._fill(words, stride, HDR // _WORD, rows, width)
             self._append_block(HDR + size, bytes(block))
