@@ -4,7 +4,9 @@ on random input.
 - ``codec.decode_route_dump`` (column-wise) vs ``codec.decode_route`` per message;
 - ``kernel.encode_batch`` (blocks) vs ``codec.message(*encode(change))`` per change;
 - ``model.describe_routes`` vs ``model.describe_route`` per route;
-- ``config._parse_addresses`` (inet_pton fast path) vs ``ipaddress`` alone.
+- ``config._parse_addresses`` (inet_pton fast path) vs ``ipaddress`` alone;
+- ``diff.diff_routes`` with nothing desired (a cleanup, told apart in C) vs
+  the rule it applies, route by route; ``model.family_tables`` vs a set of pairs.
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from incus_host_tables import config
-from incus_host_tables.model import KernelRoute, KernelRule, Route, Rule, describe_route
+from incus_host_tables.diff import diff_routes
+from incus_host_tables.model import (
+    LOCAL_TABLE,
+    KernelRoute,
+    KernelRule,
+    Route,
+    Rule,
+    describe_route,
+    family_tables,
+)
 from incus_host_tables.model import describe_routes as describe_routes_bulk
 from incus_host_tables.netlink import codec as c
 from incus_host_tables.netlink.kernel import Change, encode, encode_batch
+from incus_host_tables.ownership import OwnershipPolicy, incus_scope
 
 V4, V6 = 2, 10
 SETTINGS = settings(max_examples=100, suppress_health_check=list(HealthCheck), deadline=None)
@@ -224,3 +236,58 @@ def test_first_octets() -> None:
             device = {"ipv4.address": f"{octet}.{rest}"}
             got = _outcome(config._parse_addresses, device, "ipv4")
             assert got == _outcome(_parse_addresses_reference, device, "ipv4"), device
+
+
+def _on_device(route: Route, protocol: int, incus_scoped: bool) -> KernelRoute:
+    scope = incus_scope(KernelRoute(route, 3, protocol, 0, 1, b"")) if incus_scoped else 200
+    return KernelRoute(route, 3, protocol, scope, 1, b"")
+
+
+_present = st.builds(
+    _on_device,
+    _routes.map(lambda r: r._replace(table=r.table if r.table != 1 else LOCAL_TABLE)),
+    st.sampled_from([158, 158, 3, 4, 2]),  # ours, boot (Incus's), static, kernel
+    st.booleans(),
+)
+
+
+@SETTINGS
+@given(st.lists(_present, max_size=40), st.sampled_from([None, 0, 1]), st.booleans())
+def test_cleanup_diff(present: list[KernelRoute], owned_from: int | None, vrf: bool) -> None:
+    policy = OwnershipPolicy(158)
+    owned = None if owned_from is None else {
+        (kr.route.family, kr.route.dst, kr.route.prefixlen) for kr in present[owned_from::2]
+    }  # fmt: skip
+
+    def prunable(table: int) -> bool:
+        return table == 254 or not vrf
+
+    removable = [
+        kr
+        for kr in present
+        if kr.route.table != LOCAL_TABLE
+        and (kr.protocol == 158 or (policy.adoptable(kr, owned) and prunable(kr.route.table)))
+    ]
+    expected = [kr for kr in removable if kr.route.gateway is not None]
+    expected += [kr for kr in removable if kr.route.gateway is None]
+    got = diff_routes([], present, policy=policy, owned_prefixes=owned, prunable=prunable)
+    assert got.delete == expected
+    assert [id(kr) for kr in got.delete] == [id(kr) for kr in expected]
+    assert (got.add, got.adopt, got.conflicts) == ([], [], [])
+    _met_incus_copy.append(any(kr.protocol != 158 for kr in got.delete))
+
+
+_met_incus_copy: list[bool] = []
+
+
+def test_cleanup_diff_deletes_incus_copies_too() -> None:
+    """The property above did meet Incus's copies among the deletions."""
+    _met_incus_copy.clear()
+    test_cleanup_diff()
+    assert any(_met_incus_copy)
+
+
+@SETTINGS
+@given(st.lists(_routes, max_size=40))
+def test_family_tables(routes: list[Route]) -> None:
+    assert family_tables(routes) == {(r.family, r.table) for r in routes}
