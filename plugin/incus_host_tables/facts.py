@@ -30,6 +30,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Collection, Mapping, Sequence
 from enum import Enum
+from itertools import compress, repeat
+from operator import eq, itemgetter, not_
 from typing import NamedTuple
 
 from .applied import Applied, Prefix
@@ -58,6 +60,7 @@ FAMILIES = (AF_INET, AF_INET6)
 MAIN_PROBE_LIMIT = 64
 
 _FR_ACT_TO_TBL = 1  # a rule's action: look up a table (fib_rule_hdr.action, byte 7)
+_OIF = itemgetter(1)  # KernelRoute.oif
 
 
 class ReadScope(Enum):
@@ -184,8 +187,17 @@ class FactReader:
             for fam in FAMILIES
         }
         routes: list[KernelRoute] = []
+        families = [f for f in FAMILIES if f in rp_families]
+        # The reverse-path table of such a family is read once, every
+        # interface's routes in it: the device's own are taken from that
+        # read (in their place among the tables), the others' tell whether
+        # another interface still holds the family's rule. (Two dumps would
+        # have the kernel walk and copy out the device's copies twice.)
+        shared = {f for f in families if self.rp_table in where.tables[f]}
         queries = [
-            RouteQuery(fam, oif=ifindex, table=table)
+            RouteQuery(fam, table=table)
+            if fam in shared and table == self.rp_table
+            else RouteQuery(fam, oif=ifindex, table=table)
             for fam in FAMILIES
             for table in sorted(where.tables[fam])
         ]
@@ -195,14 +207,23 @@ class FactReader:
                 queries.append(RouteQuery(fam, oif=ifindex, table=MAIN_TABLE))
             else:
                 routes += probed
-        families = [f for f in FAMILIES if f in rp_families]
-        queries += [self._rp_query(f, ifindex) for f in families]
+        queries += [self._rp_query(f, ifindex) for f in families if f not in shared]
         found = self.nl.routes_many(queries)
-        for _ in range(len(queries) - len(families)):
-            routes += found.pop(0)
+        others: dict[int, list[KernelRoute]] = {}
+        for query in queries:
+            got = found.pop(0)
+            if query.exclude_oif is not None:  # another interface's copies only
+                others[query.family] = got
+            elif query.oif is None:  # the whole shared reverse-path table
+                on_device = list(map(eq, map(_OIF, got), repeat(ifindex)))
+                routes += compress(got, on_device)
+                elsewhere = compress(got, map(not_, on_device))
+                others[query.family] = [kr for kr in elsewhere if kr.protocol == self.protocol]
+            else:
+                routes += got
         if not where.trusted and any(kr.protocol == self.protocol for kr in routes):
             return self.device(ifname, ifindex, rp_families)
-        held = frozenset(f for f, others in zip(families, found, strict=True) if others)
+        held = frozenset(f for f in families if others[f])
         ours = self.policy.rule_is_ours
         return DeviceFacts(
             ifname,
