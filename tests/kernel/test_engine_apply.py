@@ -16,12 +16,15 @@ pytestmark = pytest.mark.kernel
 
 V4 = "198.51.100.10"
 V6 = "2001:db8::10"
-BOTH_100_200 = {
-    "ipv4.address": V4,
-    "ipv6.address": V6,
-    "user.ipv4.host_tables": "100,200",
-    "user.ipv6.host_tables": "100,200",
-}
+PLAIN = {"ipv4.address": V4, "ipv6.address": V6}
+
+
+def both(key: str, value: str) -> dict[str, str]:
+    """V4 and V6 with ``key`` (``{fam}`` for ipv4 / ipv6) set to ``value``."""
+    return {**PLAIN, key.format(fam="ipv4"): value, key.format(fam="ipv6"): value}
+
+
+BOTH_100_200 = both("user.{fam}.host_tables", "100,200")
 MAIN_RULES_V4 = [
     "0:\tfrom all lookup local",
     "32766:\tfrom all lookup main",
@@ -46,6 +49,18 @@ def assert_only_in(host: NetNS, table: int) -> None:
     )
     assert mentions(host.rule_lines(), "proto 158") == [rp_rule()]
     assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
+
+
+def assert_main_only(host: NetNS) -> None:
+    """V4 and V6 in main only, as the plugin's routes, and no plugin rule."""
+    assert sorted(mentions(host.route_lines(), V4)) == sorted(
+        [f"{V4} dev vh0 proto 158 scope link"]
+    )
+    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
+        [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
+    )
+    assert host.rule_lines() == MAIN_RULES_V4
+    assert host.rule_lines(v6=True) == MAIN_RULES_V6
 
 
 def mentions(lines: list[str], *needles: str) -> list[str]:
@@ -119,13 +134,7 @@ def test_legacy_host_table_key_means_that_table_only(
     host: NetNS, make_engine: Callable[..., Engine]
 ) -> None:
     incus_routes(host, "vh0", [V4], [V6], table=100)
-    config = {
-        "ipv4.address": V4,
-        "ipv6.address": V6,
-        "ipv4.host_table": "100",
-        "ipv6.host_table": "100",
-    }
-    make_engine(host).converge("vh0", intent(config))
+    make_engine(host).converge("vh0", intent(both("{fam}.host_table", "100")))
 
     assert_only_in(host, 100)
 
@@ -135,43 +144,22 @@ def test_no_table_keys_keeps_main_only_without_rules(
 ) -> None:
     incus_routes(host, "vh0", [V4], [V6], table=None)
     engine = make_engine(host)
-    plain = {"ipv4.address": V4, "ipv6.address": V6}
 
-    engine.converge("vh0", intent(plain))
-    assert sorted(mentions(host.route_lines(), V4)) == sorted(
-        [f"{V4} dev vh0 proto 158 scope link"]
-    )
-    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
-        [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
-    )
-    assert host.rule_lines() == MAIN_RULES_V4
-    assert host.rule_lines(v6=True) == MAIN_RULES_V6
+    engine.converge("vh0", intent(PLAIN))
+    assert_main_only(host)
 
     # Tables chosen, then the keys removed again: back to main, rules gone.
     engine.converge("vh0", intent(BOTH_100_200))
     assert sorted(mentions(host.route_lines("table", "main"), V4)) == sorted([])
-    engine.converge("vh0", intent(plain))
-    assert sorted(mentions(host.route_lines(), V4)) == sorted(
-        [f"{V4} dev vh0 proto 158 scope link"]
-    )
-    assert sorted(mentions(host.route_lines(v6=True), V6)) == sorted(
-        [f"{V6} dev vh0 proto 158 metric 1024 pref medium"]
-    )
-    assert host.rule_lines() == MAIN_RULES_V4
-    assert host.rule_lines(v6=True) == MAIN_RULES_V6
+    engine.converge("vh0", intent(PLAIN))
+    assert_main_only(host)
 
 
 def test_main_listed_explicitly_keeps_main_and_table(
     host: NetNS, make_engine: Callable[..., Engine]
 ) -> None:
     incus_routes(host, "vh0", [V4], [V6], table=100)
-    config = {
-        "ipv4.address": V4,
-        "ipv6.address": V6,
-        "user.ipv4.host_tables": "254,100",
-        "user.ipv6.host_tables": "254,100",
-    }
-    make_engine(host).converge("vh0", intent(config))
+    make_engine(host).converge("vh0", intent(both("user.{fam}.host_tables", "254,100")))
 
     assert sorted(mentions(host.route_lines(), V4)) == sorted(
         [
@@ -285,7 +273,7 @@ def test_changing_tables_removes_old_copies_and_rules(
     assert mentions(host.rule_lines(v6=True), "proto 158") == [rp_rule()]
 
     # Back to main only: no reverse-path copy, no rule.
-    engine.converge("vh0", intent({"ipv4.address": V4, "ipv6.address": V6}))
+    engine.converge("vh0", intent(PLAIN))
     assert sorted(mentions(host.route_lines(), V4)) == sorted(
         [f"{V4} dev vh0 proto 158 scope link"]
     )
@@ -344,14 +332,7 @@ def test_tables_above_255_reach_the_kernel(host: NetNS, make_engine: Callable[..
     incus_routes(host, "vh0", [V4], [V6], table=100)
     engine = make_engine(host)
     engine.converge("vh0", intent(BOTH_100_200))
-    moved = intent(
-        {
-            "ipv4.address": V4,
-            "ipv6.address": V6,
-            "user.ipv4.host_tables": "1001",
-            "user.ipv6.host_tables": "1001",
-        }
-    )
+    moved = intent(both("user.{fam}.host_tables", "1001"))
 
     engine.converge("vh0", moved)
 
