@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -60,19 +62,27 @@ def converged(host: NetNS) -> bool:
     )
 
 
+@contextmanager
+def repairing(host: NetNS, keys: dict[str, str], **options: Any) -> Iterator[Repairer]:
+    """A repairer (rule priority 1100, ``options``) subscribed to ``host``'s
+    notifications, managing vh0 as c1's eth0 with ``keys``; stopped at the end."""
+    repairer = Repairer(rule_priority=1100, **options)
+    with inside(host.name):
+        repairer.start()
+    try:
+        device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(keys))
+        repairer.manage("default", "c1", [device])
+        yield repairer
+    finally:
+        repairer.stop()
+
+
 @pytest.fixture
 def repairer(host: NetNS, make_engine: Callable[..., Engine]) -> Iterator[Repairer]:
     make_engine(host).converge("vh0", intent(CONFIG))
     assert converged(host)
-    repairer = Repairer(rule_priority=1100, resync_interval=3600, guard=lambda: FightGuard())
-    with inside(host.name):
-        repairer.start()
-    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(CONFIG))
-    repairer.manage("default", "c1", [device])
-    try:
+    with repairing(host, CONFIG, resync_interval=3600, guard=lambda: FightGuard()) as repairer:
         yield repairer
-    finally:
-        repairer.stop()
 
 
 def repairs(repairer: Repairer, reason: str) -> float:
@@ -177,16 +187,9 @@ def test_periodic_resync_repairs_what_no_notification_told(
     before the repairer subscribed)."""
     make_engine(host).converge("vh0", intent(CONFIG))
     host.ip("route", "del", V4, "dev", "vh0", "table", "100")
-    repairer = Repairer(rule_priority=1100, resync_interval=1)
-    with inside(host.name):
-        repairer.start()
-    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(CONFIG))
-    repairer.manage("default", "c1", [device])
-    try:
+    with repairing(host, CONFIG, resync_interval=1) as repairer:
         until(lambda: converged(host), "resync repaired it", timeout=5)
         assert repairs(repairer, "resync") == 1
-    finally:
-        repairer.stop()
 
 
 def test_a_burst_is_one_converge(host: NetNS, repairer: Repairer) -> None:
@@ -213,12 +216,7 @@ def test_a_slow_flush_is_no_fight(host: NetNS, make_engine: Callable[..., Engine
         "user.ipv4.host_tables": "100",
     }
     make_engine(host).converge("vh0", intent(many))
-    repairer = Repairer(rule_priority=1100, resync_interval=3600)
-    with inside(host.name):
-        repairer.start()
-    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(many))
-    repairer.manage("default", "c1", [device])
-    try:
+    with repairing(host, many, resync_interval=3600) as repairer:
         for i in range(10, 20):
             host.ip("route", "del", f"198.51.100.{i}", "dev", "vh0", "table", "100")
             time.sleep(0.03)
@@ -226,8 +224,6 @@ def test_a_slow_flush_is_no_fight(host: NetNS, make_engine: Callable[..., Engine
         assert repairer.parked() == {}
         assert repairer.repairs >= 2  # spread over time: more than one converge
         assert problems.read("default", "c1") is None
-    finally:
-        repairer.stop()
 
 
 def test_lost_notifications_trigger_a_full_resync(
@@ -238,12 +234,7 @@ def test_lost_notifications_trigger_a_full_resync(
     deletion notice was lost in the flood."""
     make_engine(host).converge("vh0", intent(CONFIG))
     host.add_veth("vf0", "vf1")
-    repairer = Repairer(rule_priority=1100, resync_interval=3600, notification_buffer=4096)
-    with inside(host.name):
-        repairer.start()
-    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(CONFIG))
-    repairer.manage("default", "c1", [device])
-    try:
+    with repairing(host, CONFIG, resync_interval=3600, notification_buffer=4096) as repairer:
         flood = [f"route add 10.1.{i >> 8}.{i & 255}/32 dev vf0" for i in range(3000)]
         host.batch([*flood[:1500], f"route del {V4} dev vh0 table 100", *flood[1500:]])
         until(lambda: converged(host), "resync repaired it")
@@ -251,8 +242,6 @@ def test_lost_notifications_trigger_a_full_resync(
             "incus_host_tables_resyncs_total", {"trigger": "overflow"}
         )
         assert resyncs is not None and resyncs >= 1
-    finally:
-        repairer.stop()
 
 
 def test_rules_fought_over_wait_for_the_next_resync(host: NetNS, repairer: Repairer) -> None:
@@ -322,12 +311,7 @@ def test_a_killed_apply_is_made_exact_by_the_resync(
         assert run_cli(host, "cleanup", "vh0", BIG).returncode == 0
     assert routes_seen <= made < ALL_BIG, f"killed after {made} routes: not partway"
 
-    repairer = Repairer(rule_priority=1100, resync_interval=3600)
-    with inside(host.name):
-        repairer.start()
-    device = ManagedDevice("default", "c1", "eth0", "vh0", host.ifindex("vh0"), intent(managed))
-    repairer.manage("default", "c1", [device])
-    try:
+    with repairing(host, managed, resync_interval=3600) as repairer:
         repairer.request_resync(RepairReason.RESYNC)
         if managed is CONFIG:
             until(lambda: converged(host), "exactly the managed config", timeout=30)
@@ -346,5 +330,3 @@ def test_a_killed_apply_is_made_exact_by_the_resync(
                 "250",
                 "1158",
             }
-    finally:
-        repairer.stop()
