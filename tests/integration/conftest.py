@@ -7,34 +7,23 @@ command installs everything), never skip.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 
 import pytest
+from plugin_checks import environ, serve_lab
 
 from lab import IncusLab, until
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    # Like ^C: pytest ends the session and still runs every fixture's
-    # teardown, so the lab is removed. (A SystemExit would only fail the
-    # running test, and the session would go on.)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[IncusLab]:
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    with IncusLab("iht") as the_lab:
-        yield the_lab
+    yield from serve_lab(lambda: IncusLab("iht"))
 
 
 # --------------------------------------------------------------------------
 # The plugin in the lab (tests/integration/test_plugin_*.py).
 
 import json  # noqa: E402
-import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -58,15 +47,10 @@ def plugin_run_dir() -> Iterator[str]:
     (LXC does not pass incusd's environment on to hooks).
     """
     path = tempfile.mkdtemp(prefix="iht-run-")
-    old = os.environ.get("INCUS_HOST_TABLES_RUN_DIR")
-    os.environ["INCUS_HOST_TABLES_RUN_DIR"] = path
     try:
-        yield path
+        with environ("INCUS_HOST_TABLES_RUN_DIR", path):
+            yield path
     finally:
-        if old is None:
-            os.environ.pop("INCUS_HOST_TABLES_RUN_DIR", None)
-        else:
-            os.environ["INCUS_HOST_TABLES_RUN_DIR"] = old
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -10,22 +10,16 @@ where LXD may be installed).
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 
 import pytest
+from plugin_checks import serve_lab
 
 from lab.lxd import LxdLab
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    # As for the Incus lab: like ^C, so every teardown runs and LXD is removed.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LxdLab]:
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    with LxdLab("ihl") as the_lab:
-        yield the_lab
+    # As for the Incus lab: a SIGTERM ends the session like ^C, so every
+    # teardown runs and LXD is removed.
+    yield from serve_lab(lambda: LxdLab("ihl"))
