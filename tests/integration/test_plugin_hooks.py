@@ -9,9 +9,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from plugin_checks import (
+    assert_routed_now,
+    launch_hooked,
+    profile_with_hooks,
+    routed_in,
+    show_log,
+)
 
 from lab import IncusLab
-from lab.plugin import PluginDaemon, run_cli
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -25,27 +31,8 @@ KEEP = "lxc.environment = IHT_KEEP=1"
 @pytest.fixture(scope="module")
 def hook_profile(lab: IncusLab, run_dir: str) -> Iterator[str]:
     """A profile with the root disk, one harmless raw.lxc line and the hooks."""
-    lab.incus("profile", "create", PROFILE)
-    try:
-        lab.incus("profile", "device", "add", PROFILE, "root", "disk", "path=/", "pool=default")
-        lab.incus("profile", "set", PROFILE, "raw.lxc", KEEP + "\n")
-        out = run_cli(lab, run_dir, "enable", "--profile", PROFILE)
-        assert out.returncode == 0, out.stderr
+    with profile_with_hooks(lab, run_dir, PROFILE, KEEP):
         yield PROFILE
-    finally:
-        lab.incus("profile", "delete", PROFILE, check=False)
-
-
-def nic(n: int, tables: str) -> dict[str, str]:
-    return {
-        "type": "nic",
-        "nictype": "routed",
-        "name": "eth0",
-        "ipv4.address": f"198.51.100.{n}",
-        "ipv6.address": f"2001:db8:{n}::1",
-        "user.ipv4.host_tables": tables,
-        "user.ipv6.host_tables": tables,
-    }
 
 
 def raw_lxc(lab: IncusLab) -> str:
@@ -70,16 +57,9 @@ def test_routes_right_when_start_returns(
     n = 161 if with_daemon else 162
     name = f"hstart{n}"
     a4, a6 = f"198.51.100.{n}", f"2001:db8:{n}::1"
-    if with_daemon:
-        d = PluginDaemon(plug.lab, plug.run_dir)
-        d.start()
-        plug.defer(d.stop)
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(n, "100,200")})
+    launch_hooked(plug, hook_profile, name, n, with_daemon)
     # No polling: the start-host hook ran before `incus start` returned.
-    for addr in (a4, a6):
-        entries = plug.entries(addr)
-        assert {e["table"] for e in entries} == {"100", "200"}, entries
-        assert all(str(e.get("protocol")) == "158" for e in entries), entries
+    assert_routed_now(plug, (a4, a6), {"100", "200"})
     assert plug.rules() == plug.RP_RULES
     for addr in (a4, a6):
         assert [e["dev"] for e in plug.rp_entries(addr)] == [plug.host_name(name)]
@@ -100,23 +80,15 @@ def test_routes_right_when_start_returns(
 
 def test_invalid_config_refuses_start(plug: PluginLab, hook_profile: str) -> None:
     name, a4, a6 = "hbad", "198.51.100.163", "2001:db8:163::1"
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(163, "0")}, start=False)
+    plug.launch(name, profiles=[hook_profile], devices={"eth0": routed_in(163, "0")}, start=False)
     out = plug.lab.incus("start", name, check=False)
     assert out.returncode != 0, out
     # Refused: no host route in any table once Incus removed the veth, no
     # rule. (The same instance, fixed, does get its routes: see the end.)
     assert plug.until(lambda: plug.entries(a4) == [] and plug.entries(a6) == [], 3.0)
     assert plug.rules() == set()
-    # Right after a failed start `incus info` may still fail ("Invalid PID").
-    logs: list[str] = []
-
-    def show_log() -> bool:
-        res = plug.lab.incus("info", "--show-log", name, check=False)
-        logs.append(res.stdout + res.stderr)
-        return res.returncode == 0
-
-    assert plug.until(show_log, 5.0), logs[-1]
-    assert "table 0" in logs[-1], logs[-1]
+    log = show_log(plug, name)
+    assert "table 0" in log, log
     status = plug.cli("status", name, "--format", "json")
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)
@@ -143,7 +115,7 @@ def test_disable_removes_only_the_hooks(plug: PluginLab, hook_profile: str) -> N
     out = plug.cli("disable", "--profile", hook_profile)
     assert out.returncode == 0 and "unchanged" in out.stdout, out
     # Without hooks (and no daemon), Incus alone: the route leaks into main.
-    plug.launch("hnohook", profiles=[hook_profile], devices={"eth0": nic(164, "100")})
+    plug.launch("hnohook", profiles=[hook_profile], devices={"eth0": routed_in(164, "100")})
     assert plug.tables("198.51.100.164") == {"main"}
 
 
@@ -162,7 +134,7 @@ def test_enable_with_another_rp_table_reaches_the_hook_without_daemon(
     assert out.returncode == 0 and "unchanged" in out.stdout, out
 
     name, a4, a6 = "hrp2158", "198.51.100.165", "2001:db8:165::1"
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(165, "100")})
+    plug.launch(name, profiles=[hook_profile], devices={"eth0": routed_in(165, "100")})
     host_if = plug.host_name(name)
     for addr in (a4, a6):
         by_table = {e["table"]: e for e in plug.lab.route_entries(addr)}

@@ -10,9 +10,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from plugin_checks import (
+    assert_routed_now,
+    launch_hooked,
+    profile_with_hooks,
+    routed_in,
+    show_log,
+)
 
 from lab import IncusLab
-from lab.plugin import PluginDaemon, run_cli
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -26,28 +32,9 @@ KEEP = "lxc.environment = IHT_KEEP=1"
 @pytest.fixture(scope="module")
 def hook_profile(lab: IncusLab, run_dir: str) -> Iterator[str]:
     """An LXD profile with the root disk, one other raw.lxc line and the hooks."""
-    lab.incus("profile", "create", PROFILE)
-    try:
-        lab.incus("profile", "device", "add", PROFILE, "root", "disk", "path=/", "pool=default")
-        lab.incus("profile", "set", PROFILE, "raw.lxc", KEEP + "\n")
-        out = run_cli(lab, run_dir, "enable", "--profile", PROFILE)
-        assert out.returncode == 0, out.stderr
+    with profile_with_hooks(lab, run_dir, PROFILE, KEEP) as out:
         assert out.stdout.strip() == f"hooks attached to profile {PROFILE}", out.stdout
         yield PROFILE
-    finally:
-        lab.incus("profile", "delete", PROFILE, check=False)
-
-
-def nic(n: int, tables: str) -> dict[str, str]:
-    return {
-        "type": "nic",
-        "nictype": "routed",
-        "name": "eth0",
-        "ipv4.address": f"198.51.100.{n}",
-        "ipv6.address": f"2001:db8:{n}::1",
-        "user.ipv4.host_tables": tables,
-        "user.ipv6.host_tables": tables,
-    }
 
 
 def protocol158(plug: PluginLab) -> list[str]:
@@ -81,17 +68,10 @@ def test_routes_right_when_lxc_start_returns(
     n = 61 if with_daemon else 62
     name = f"lhook{n}"
     a4, a6 = f"198.51.100.{n}", f"2001:db8:{n}::1"
-    if with_daemon:
-        d = PluginDaemon(plug.lab, plug.run_dir)
-        d.start()
-        plug.defer(d.stop)
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(n, "100,200")})
+    d = launch_hooked(plug, hook_profile, name, n, with_daemon)
     # No polling: LXD ran the start-host hook before `lxc start` returned.
-    for addr in (a4, a6):
-        entries = plug.entries(addr)
-        assert {e["table"] for e in entries} == {"100", "200"}, entries
-        assert all(str(e.get("protocol")) == "158" for e in entries), entries
-    if with_daemon:
+    assert_routed_now(plug, (a4, a6), {"100", "200"})
+    if d is not None:
         assert plug.until(lambda: f"hook start-host {name}: ok" in d.log(), 2.0), d.log()
     client = plug.client(f"lh{n}", table=200, v4=f"198.18.{n}.2/28", v6=f"2001:db8:f{n}::2/64")
     assert client.ping_within(a4, 5)
@@ -103,24 +83,11 @@ def test_routes_right_when_lxc_start_returns(
     assert plug.entries(a4) == [] and plug.entries(a6) == []
 
 
-def show_log(plug: PluginLab, name: str) -> str:
-    # Right after a failed start `lxc info` may briefly fail.
-    logs: list[str] = []
-
-    def fetch() -> bool:
-        res = plug.lab.incus("info", "--show-log", name, check=False)
-        logs.append(res.stdout + res.stderr)
-        return res.returncode == 0
-
-    assert plug.until(fetch, 5.0), logs[-1]
-    return logs[-1]
-
-
 def test_invalid_config_refused_with_the_reason_in_show_log(
     plug: PluginLab, hook_profile: str
 ) -> None:
     name, a4, a6 = "lhbad", "198.51.100.63", "2001:db8:63::1"
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(63, "0")}, start=False)
+    plug.launch(name, profiles=[hook_profile], devices={"eth0": routed_in(63, "0")}, start=False)
     out = plug.lab.incus("start", name, check=False)
     assert out.returncode != 0, out
     assert "lxc info --show-log" in out.stderr, out.stderr
@@ -149,7 +116,9 @@ def test_start_refused_by_the_kernel_fails_closed(plug: PluginLab, hook_profile:
     plug.defer(lambda: plug.lab.ns_run(*[w if w != "add" else "del" for w in foreign], check=False))
     t100 = plug.client("lhc100", table=100, v4="198.18.64.2/28", v6="2001:db8:f64::2/64")
     main = plug.client("lhcmain", table=None, v4="198.18.65.2/28", v6="2001:db8:f65::2/64")
-    plug.launch(name, profiles=[hook_profile], devices={"eth0": nic(n, "100,200")}, start=False)
+    plug.launch(
+        name, profiles=[hook_profile], devices={"eth0": routed_in(n, "100,200")}, start=False
+    )
 
     out = plug.lab.incus("start", name, check=False)
     assert out.returncode != 0, out
