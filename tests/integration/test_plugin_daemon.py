@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import pytest
+from plugin_checks import converged
 
 from lab import IncusLab
 from lab.plugin import PluginDaemon
@@ -35,17 +36,6 @@ def host_tables(v4: str, v6: str | None = None) -> dict[str, str]:
     if v6 is not None:
         keys["user.ipv6.host_tables"] = v6
     return keys
-
-
-def converged(plug: PluginLab, want: Mapping[str, set[str]]) -> bool:
-    """Every address's host routes are exactly in the wanted tables, all by the plugin."""
-    for addr, tables in want.items():
-        entries = plug.entries(addr)
-        if {e["table"] for e in entries} != tables:
-            return False
-        if any(e["table"] != "main" and str(e.get("protocol")) != "158" for e in entries):
-            return False
-    return True
 
 
 def assert_converged(plug: PluginLab, want: Mapping[str, set[str]]) -> None:

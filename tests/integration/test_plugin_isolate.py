@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from plugin_checks import assert_reach, domain_clients
 
 from lab import Client, IncusLab
 from lab.image import find_static_busybox
@@ -26,21 +27,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def clients(lab: IncusLab) -> Iterator[dict[str, Client]]:
     """One client per routing domain; table clients are strict (VRF-like)."""
-    made = {
-        "t100": lab.add_client("it100", table=100, v4="198.18.20.2/28", v6="2001:db8:f20::2/64"),
-        "t200": lab.add_client("it200", table=200, v4="198.18.21.2/28", v6="2001:db8:f21::2/64"),
-        "main": lab.add_client("itmain", table=None, v4="198.18.22.2/28", v6="2001:db8:f22::2/64"),
-    }
-    try:
+    with domain_clients(lab, "i", 20) as made:
         # A client that reaches nothing would pass every "must not reach":
         # each one first reaches its gateway in H, in both families.
         for label, c in made.items():
             assert c.ping_within(c.gateway4, 5), f"{label}: no IPv4 link to H"
             assert c.ping_within(c.gateway6, 5), f"{label}: no IPv6 link to H"
         yield made
-    finally:
-        for c in made.values():
-            lab.remove_client(c)
 
 
 def routed(tables: str, a4: str, a6: str | None = None) -> dict[str, str]:
@@ -82,12 +75,7 @@ def test_reachability_matrix(
     copies = 0 if want == {"main"} else 1
     assert len(plug.rp_entries(a4)) == len(plug.rp_entries(a6)) == copies
     assert plug.rules() == (plug.RP_RULES if copies else set())
-    for label, client in clients.items():
-        for addr in (a4, a6):
-            if label in reach:
-                assert client.ping_within(addr, 5), f"{label} must reach {addr}"
-            else:
-                assert not client.ping(addr), f"{label} must not reach {addr}"
+    assert_reach(clients, (a4, a6), reach)
 
 
 def host_pings(plug: PluginLab, addr: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from plugin_checks import domain_clients, environ
 
 from lab import Client, IncusLab, until
 from lab.plugin import PYTHON, PluginDaemon, plugin_env, run_cli
@@ -60,16 +61,9 @@ def nic(v4: str, tables: str, v6: str | None = None) -> dict[str, str]:
 def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(POLICY)
-    old = os.environ.get("INCUS_HOST_TABLES_POLICY")
     # The daemon and the CLI started by these tests inherit it.
-    os.environ["INCUS_HOST_TABLES_POLICY"] = str(path)
-    try:
+    with environ("INCUS_HOST_TABLES_POLICY", str(path)):
         yield path
-    finally:
-        if old is None:
-            os.environ.pop("INCUS_HOST_TABLES_POLICY", None)
-        else:
-            os.environ["INCUS_HOST_TABLES_POLICY"] = old
 
 
 class NamedTablesDaemon(PluginDaemon):
@@ -132,16 +126,8 @@ def setup(
 
 @pytest.fixture(scope="module")
 def clients(lab: IncusLab, setup: PluginDaemon) -> Iterator[dict[str, Client]]:
-    made = {
-        "t100": lab.add_client("pt100", table=100, v4="198.18.40.2/28", v6="2001:db8:f40::2/64"),
-        "t200": lab.add_client("pt200", table=200, v4="198.18.41.2/28", v6="2001:db8:f41::2/64"),
-        "main": lab.add_client("ptmain", table=None, v4="198.18.42.2/28", v6="2001:db8:f42::2/64"),
-    }
-    try:
+    with domain_clients(lab, "p", 40) as made:
         yield made
-    finally:
-        for c in made.values():
-            lab.remove_client(c)
 
 
 @pytest.fixture

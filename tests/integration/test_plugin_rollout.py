@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from plugin_checks import routed_nic
 
 if TYPE_CHECKING:
     from conftest import PluginLab
@@ -24,17 +25,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 PROTO = "158"
-
-
-def routed(n: int, **keys: str) -> dict[str, str]:
-    return {
-        "type": "nic",
-        "nictype": "routed",
-        "name": "eth0",
-        "ipv4.address": f"198.51.100.{n}",
-        "ipv6.address": f"2001:db8:{n}::1",
-        **keys,
-    }
 
 
 Route = tuple[str, str, str, str, str]  # family, table, dst, dev, protocol
@@ -149,14 +139,14 @@ def apply_preview(
 
 def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> None:
     legacy, plain, near = "roll-legacy", "roll-plain", "roll-near"
-    plug.launch(legacy, devices={"eth0": routed(181, **{"ipv4.host_table": "1001"})})
+    plug.launch(legacy, devices={"eth0": routed_nic(181, {"ipv4.host_table": "1001"})})
     # a second instance in table 1001: the rule they share shows once
-    plug.launch("roll-legacy2", devices={"eth0": routed(186, **{"ipv4.host_table": "1001"})})
+    plug.launch("roll-legacy2", devices={"eth0": routed_nic(186, {"ipv4.host_table": "1001"})})
     # an invalid config (the RP table chosen): enabling isolates it
     bad = "roll-bad"
-    plug.launch(bad, devices={"eth0": routed(187, **{"user.ipv4.host_tables": "1158"})})
-    plug.launch(plain, devices={"eth0": routed(182)})
-    plug.launch(near, devices={"eth0": routed(183, **{"user.ipv4.host_table": "100"})})
+    plug.launch(bad, devices={"eth0": routed_nic(187, {"user.ipv4.host_tables": "1158"})})
+    plug.launch(plain, devices={"eth0": routed_nic(182)})
+    plug.launch(near, devices={"eth0": routed_nic(183, {"user.ipv4.host_table": "100"})})
     # Incus alone: the legacy table and main, the others in main.
     assert plug.tables("198.51.100.181") == {"1001", "main"}
     assert plug.tables("198.51.100.182") == {"main"}
@@ -185,9 +175,7 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
         f"default/{bad} eth0: isolate: - route 2001:db8:187::1/128 dev {bad_if} table 254",
     ]
     rule_lines = [line for line in preview.stdout.splitlines() if "+ rule" in line]
-    assert rule_lines == [
-        f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1158"
-    ]
+    assert rule_lines == [f"default/{legacy} eth0: + rule -4 pref 1100 iif lo lookup 1158"]
     expected = apply_preview(preview.stdout, *before)
 
     enable = plug.cli("reconcile", "--all-projects")
@@ -223,8 +211,8 @@ def test_preview_then_enable_changes_exactly_the_preview(plug: PluginLab) -> Non
 
 def test_list_formats(plug: PluginLab) -> None:
     one, two = "fmt-one", "fmt-two"
-    plug.launch(one, devices={"eth0": routed(184, **{"user.ipv4.host_tables": "1001"})})
-    plug.launch(two, devices={"eth0": routed(185, **{"user.IPv4.host_tables": "100"})})
+    plug.launch(one, devices={"eth0": routed_nic(184, {"user.ipv4.host_tables": "1001"})})
+    plug.launch(two, devices={"eth0": routed_nic(185, {"user.IPv4.host_tables": "100"})})
     assert plug.cli("apply", one).returncode == 0
     assert plug.cli("apply", two).returncode == 0
 
