@@ -31,14 +31,24 @@ from __future__ import annotations
 import _socket as socket  # not `socket`: see netlink/kernel.py
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from itertools import compress, repeat
 from operator import eq, itemgetter
 from typing import NamedTuple
 
 from .locking import run_dir
-from .model import AF_INET, AF_INET6, MAIN_TABLE, Route, family_tables, format_prefix
+from .model import (
+    AF_INET,
+    AF_INET6,
+    MAIN_TABLE,
+    KernelRoute,
+    Route,
+    family_tables,
+    format_prefix,
+    in_table,
+    kernel_family_tables,
+)
 
 Prefix = tuple[int, bytes, int]  # (family, dst, prefixlen)
 
@@ -125,18 +135,32 @@ def applied_of(routes: Iterable[Route], main_limit: int) -> Applied:
     only the routes in main are looked at one by one."""
     routes = list(routes)
     pairs = family_tables(routes)
+    in_main: Iterable[Route] = ()
+    if (AF_INET, MAIN_TABLE) in pairs or (AF_INET6, MAIN_TABLE) in pairs:
+        in_main = compress(routes, map(eq, map(_TABLE, routes), repeat(MAIN_TABLE)))
+    return _applied(pairs, in_main, main_limit)
+
+
+def applied_of_kernel(routes: Sequence[KernelRoute], main_limit: int) -> Applied:
+    """``applied_of`` the routes of kernel routes, from their columns where
+    they have some (model.RouteColumns): no route object is made but for
+    those in main."""
+    pairs = kernel_family_tables(routes)
+    in_main: Iterable[Route] = ()
+    if (AF_INET, MAIN_TABLE) in pairs or (AF_INET6, MAIN_TABLE) in pairs:
+        in_main = [kr.route for kr in in_table(routes, MAIN_TABLE)]
+    return _applied(pairs, in_main, main_limit)
+
+
+def _applied(pairs: set[tuple[int, int]], in_main: Iterable[Route], main_limit: int) -> Applied:
     tables = {
         f: frozenset(t for fam, t in pairs if fam == f and t != MAIN_TABLE) for f in FAMILY_WORDS
     }
-    main: dict[int, frozenset[Prefix]] = {}
-    main_any: set[int] = set()
-    if (AF_INET, MAIN_TABLE) in pairs or (AF_INET6, MAIN_TABLE) in pairs:
-        in_main = compress(routes, map(eq, map(_TABLE, routes), repeat(MAIN_TABLE)))
-        found: dict[int, set[Prefix]] = {f: set() for f in FAMILY_WORDS}
-        for r in in_main:
-            found[r.family].add((r.family, r.dst, r.prefixlen))
-        main = {f: frozenset(p) for f, p in found.items() if len(p) <= main_limit}
-        main_any = {f for f, p in found.items() if len(p) > main_limit}
+    found: dict[int, set[Prefix]] = {f: set() for f in FAMILY_WORDS}
+    for r in in_main:
+        found[r.family].add((r.family, r.dst, r.prefixlen))
+    main = {f: frozenset(p) for f, p in found.items() if len(p) <= main_limit}
+    main_any = {f for f, p in found.items() if len(p) > main_limit}
     return Applied(tables, main, frozenset(main_any))
 
 

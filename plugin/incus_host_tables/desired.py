@@ -122,11 +122,12 @@ def rules_for_routes(routes: Iterable[Route], priority: int, rp_table: int) -> s
     route in the reverse-path table. Only the few distinct (family, table)
     pairs of thousands of routes are looked at."""
     routes = routes if isinstance(routes, list) else list(routes)
-    return {
-        rp_rule(family, rp_table, priority)
-        for family, table in family_tables(routes)
-        if table == rp_table
-    }
+    return rules_for_tables(family_tables(routes), priority, rp_table)
+
+
+def rules_for_tables(pairs: Iterable[tuple[int, int]], priority: int, rp_table: int) -> set[Rule]:
+    """``rules_for_routes`` of routes in these (family, table) pairs."""
+    return {rp_rule(family, rp_table, priority) for family, table in pairs if table == rp_table}
 
 
 def rules_for_intent(intent: DeviceIntent, priority: int, rp_table: int) -> set[Rule]:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
-from operator import and_, countOf, eq, is_not, itemgetter, ne, not_
+from operator import and_, eq, is_not, itemgetter, ne, not_
 from typing import NamedTuple
 
-from .model import LOCAL_TABLE, KernelRoute, KernelRule, Route, Rule, Value
+from .model import (
+    LOCAL_TABLE,
+    KernelRoute,
+    KernelRule,
+    Route,
+    Rule,
+    Value,
+    all_of_protocol,
+    any_gateway,
+    kernel_family_tables,
+)
 from .ownership import OwnershipPolicy
 
 
@@ -30,7 +40,7 @@ class Plan(Value):
         rule_add: list[Rule] | None = None,
         route_add: list[Route] | None = None,
         route_adopt: list[KernelRoute] | None = None,
-        route_delete: list[KernelRoute] | None = None,
+        route_delete: Sequence[KernelRoute] | None = None,
         rule_delete: list[KernelRule] | None = None,
         rule_move: list[KernelRule] | None = None,
         route_conflict: list[tuple[Route, KernelRoute]] | None = None,
@@ -84,7 +94,7 @@ class Plan(Value):
 class RouteDiff(NamedTuple):
     add: list[Route]
     adopt: list[KernelRoute]
-    delete: list[KernelRoute]
+    delete: Sequence[KernelRoute]
     # Present routes that no one may touch (ownership.py) where a desired
     # route must go: refused, never taken over.
     conflicts: list[tuple[Route, KernelRoute]]
@@ -99,7 +109,7 @@ _GATEWAY = itemgetter(4)  # Route.gateway
 
 def diff_routes(
     desired: Iterable[Route],
-    present: Iterable[KernelRoute],
+    present: Sequence[KernelRoute],
     *,
     policy: OwnershipPolicy,
     owned_prefixes: set[tuple[int, bytes, int]] | None,
@@ -154,24 +164,31 @@ def diff_routes(
 
 
 def _removable(
-    present: Iterable[KernelRoute],
+    present: Sequence[KernelRoute],
     policy: OwnershipPolicy,
     owned_prefixes: set[tuple[int, bytes, int]] | None,
     prunable: Callable[[int], bool],
-) -> list[KernelRoute]:
+) -> Sequence[KernelRoute]:
     """``diff_routes``'s deletions when nothing is desired (a cleanup): ours,
-    and Incus's copies in prunable tables; never the local table. Ours are
-    told apart in C; only the others (a few) are looked at one by one."""
+    and Incus's copies in prunable tables; never the local table. When all
+    are ours, none in the local table and none via a gateway (a big
+    device's usual case), that is ``present`` itself, told from its columns
+    (model.RouteColumns: no route object made); otherwise ours are told
+    apart in C, and only the others (a few) are looked at one by one."""
+    local = any(table == LOCAL_TABLE for _family, table in kernel_family_tables(present))
+    ours_only = all_of_protocol(present, policy.protocol)
+    if ours_only and not local and not any_gateway(present):
+        return present
     present = list(present)
     protocols = list(map(_PROTOCOL, present))
     keep: list[bool] | None = None  # None: every one
-    if countOf(protocols, policy.protocol) != len(present):
+    if not ours_only:
         keep = list(map(eq, protocols, repeat(policy.protocol)))
         for i in compress(range(len(present)), map(not_, keep)):
             kr = present[i]
             keep[i] = policy.adoptable(kr, owned_prefixes) and prunable(kr.route.table)
     routes = list(map(_ROUTE, present))
-    if LOCAL_TABLE in map(_TABLE, routes):
+    if local:
         not_local = map(ne, map(_TABLE, routes), repeat(LOCAL_TABLE))
         keep = list(map(and_, keep, not_local)) if keep is not None else list(not_local)
     if keep is None:

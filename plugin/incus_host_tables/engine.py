@@ -13,10 +13,18 @@ import errno
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import chain, compress, repeat
-from operator import countOf, eq, itemgetter, not_
+from operator import eq, itemgetter, not_
 
 from . import planner
-from .applied import NOTHING, Applied, AppliedStore, RecordRead, RecordState, applied_of
+from .applied import (
+    NOTHING,
+    Applied,
+    AppliedStore,
+    RecordRead,
+    RecordState,
+    applied_of,
+    applied_of_kernel,
+)
 from .config import ConfigError, DeviceIntent
 from .desired import DEFAULT_RP_TABLE, DEFAULT_RULE_PRIORITY, rules_for_intent
 from .diff import Plan
@@ -38,10 +46,13 @@ from .model import (
     Route,
     Rule,
     Value,
+    all_of_protocol,
     describe_route,
     describe_routes,
     describe_rule,
     gc_paused,
+    kernel_table_counts,
+    protocols_of,
 )
 from .netlink.kernel import ApplyError, Change, ChangeKind, ChangeRun, Netlink
 from .ownership import PROTOCOL, PROTOCOL_NAME, RTPROT_KERNEL, OwnershipPolicy, protocol_name
@@ -150,17 +161,19 @@ class DevicePlan(Value):
         p, dev = self.plan, self.ifname
         out = self.conflict_lines()
         out += [f"+ rule {describe_rule(r)}" for r in p.rule_add]
-        for sign, what, routes, lines in (
-            ("+", "add", p.route_add, self._add_lines),
-            ("~", "adopt", list(_routes_of(p.route_adopt)), self._adopt_lines),
-            ("-", "delete", list(_routes_of(p.route_delete)), self._delete_lines),
-        ):
-            if len(routes) <= limit:
+        for sign, what, count, lines, tables in (
+            ("+", "add", len(p.route_add), self._add_lines,
+             lambda: Counter(map(_TABLE, p.route_add))),
+            ("~", "adopt", len(p.route_adopt), self._adopt_lines,
+             lambda: kernel_table_counts(p.route_adopt)),
+            ("-", "delete", len(p.route_delete), self._delete_lines,
+             lambda: kernel_table_counts(p.route_delete)),
+        ):  # fmt: skip
+            if count <= limit:
                 out += lines()
                 continue
-            tables = Counter(map(_TABLE, routes))
-            per_table = ", ".join(f"table {t}: {n}" for t, n in sorted(tables.items()))
-            out.append(f"{sign} {len(routes)} routes to {what} on {dev} ({per_table})")
+            per_table = ", ".join(f"table {t}: {n}" for t, n in sorted(tables().items()))
+            out.append(f"{sign} {count} routes to {what} on {dev} ({per_table})")
         out += [f"- rule {describe_rule(kr.rule)}" for kr in p.rule_delete]
         out += [f"~ rule {describe_rule(kr.rule)} (moved after the new rule)" for kr in p.rule_move]
         return out
@@ -313,18 +326,19 @@ class Engine:
         if dp.ifindex is None:  # the interface is gone, and its routes with it
             dp.record_after = NOTHING
             return dp
-        # Tens of thousands of routes on a big device: filtered in C.
+        # Tens of thousands of routes on a big device: told from their
+        # columns (model.RouteColumns) or filtered in C.
         routes, plan, limit = facts.routes, dp.plan, MAIN_PROBE_LIMIT
-        present = list(routes)
-        if countOf(map(_PROTOCOL, present), self.protocol) != len(present):
+        present: Sequence[KernelRoute] = routes
+        if not all_of_protocol(routes, self.protocol):
             present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
-        there = applied_of(map(_ROUTE, present), limit)
+        there = applied_of_kernel(present, limit)
         kept = there
-        # The deletions are the very objects of facts.routes, each once: as
-        # many of ours among them as there are present means none is kept
-        # (a cleanup's case, counted in C).
+        # The deletions are among facts.routes, each once: as many of ours
+        # among them as there are present means none is kept (a cleanup's
+        # case, counted in C).
         deleted = plan.route_delete
-        if deleted and countOf(map(_PROTOCOL, deleted), self.protocol) == len(present):
+        if deleted and protocols_of(deleted).count(self.protocol) == len(present):
             kept = NOTHING
         elif deleted:
             gone = set(map(id, deleted))

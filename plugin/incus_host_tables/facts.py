@@ -30,8 +30,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Collection, Mapping, Sequence
 from enum import Enum
-from itertools import compress, repeat
-from operator import eq, itemgetter, not_
+from operator import itemgetter
 from typing import NamedTuple
 
 from .applied import Applied, Prefix
@@ -47,6 +46,7 @@ from .model import (
     KernelRoute,
     KernelRule,
 )
+from .netlink.dump import DumpedRoutes
 from .netlink.kernel import Netlink, RouteQuery
 from .ownership import OwnershipPolicy
 
@@ -186,7 +186,8 @@ class FactReader:
             fam: all(kr.raw[7] == _FR_ACT_TO_TBL for kr in rules if kr.rule.family == fam)
             for fam in FAMILIES
         }
-        routes: list[KernelRoute] = []
+        # Kept as dumped: a cleanup deletes them without a route object each.
+        routes = DumpedRoutes()
         families = [f for f in FAMILIES if f in rp_families]
         # The reverse-path table of such a family is read once, every
         # interface's routes in it: the device's own are taken from that
@@ -206,22 +207,20 @@ class FactReader:
             if probed is None:
                 queries.append(RouteQuery(fam, oif=ifindex, table=MAIN_TABLE))
             else:
-                routes += probed
+                routes.extend(probed)
         queries += [self._rp_query(f, ifindex) for f in families if f not in shared]
-        found = self.nl.routes_many(queries)
-        others: dict[int, list[KernelRoute]] = {}
-        for query in queries:
-            got = found.pop(0)
+        found = self.nl.dumps_many(queries)
+        others: dict[int, bool] = {}  # another interface's plugin copy in the family's table
+        for query, got in zip(queries, found, strict=True):
             if query.exclude_oif is not None:  # another interface's copies only
-                others[query.family] = got
+                others[query.family] = bool(got)
             elif query.oif is None:  # the whole shared reverse-path table
-                on_device = list(map(eq, map(_OIF, got), repeat(ifindex)))
-                routes += compress(got, on_device)
-                elsewhere = compress(got, map(not_, on_device))
-                others[query.family] = [kr for kr in elsewhere if kr.protocol == self.protocol]
+                on_device, elsewhere = got.split_oif(ifindex)
+                routes.extend(on_device)
+                others[query.family] = self.protocol in elsewhere.protocols()
             else:
-                routes += got
-        if not where.trusted and any(kr.protocol == self.protocol for kr in routes):
+                routes.extend(got)
+        if not where.trusted and self.protocol in routes.protocols():
             return self.device(ifname, ifindex, rp_families)
         held = frozenset(f for f in families if others[f])
         ours = self.policy.rule_is_ours
@@ -304,10 +303,11 @@ class FactReader:
             queries += [RouteQuery(AF_INET, oif=ifindex), RouteQuery(AF_INET6, oif=ifindex)]
         families = [f for f in FAMILIES if f in rp_families]
         queries += [self._rp_query(f, ifindex) for f in families]
-        found = self.nl.routes_many(queries) if queries else []
-        routes: list[KernelRoute] = []
+        found = self.nl.dumps_many(queries) if queries else []
+        routes = DumpedRoutes()
         if ifindex is not None:
-            routes = found.pop(0) + found.pop(0)
+            routes.extend(found.pop(0))
+            routes.extend(found.pop(0))
         held = frozenset(f for f, others in zip(families, found, strict=True) if others)
         return DeviceFacts(ifname, ifindex, routes, self.plugin_rules(), held, frozenset(families))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _socket  # not `socket`: see netlink/kernel.py
 import gc
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import compress, groupby, repeat
@@ -73,6 +74,36 @@ class KernelRoute(NamedTuple):
     scope: int
     type: int
     raw: bytes
+
+
+class RouteColumns(Sequence[KernelRoute]):
+    """Kernel routes that answer for all of them at once, field by field,
+    without an object made per route: a dump kept as the kernel's messages
+    (netlink/dump.py). A cleanup deletes every route of the plugin's it
+    reads, so it never needs the objects; iterating makes them.
+
+    The functions below (``protocols_of``...) take any sequence of kernel
+    routes and use the columns where there are some."""
+
+    __slots__ = ()
+
+    def protocols(self) -> bytes:
+        """The protocol of every route, in order (one byte each)."""
+        raise NotImplementedError
+
+    def family_tables(self) -> set[tuple[int, int]]:
+        raise NotImplementedError
+
+    def table_counts(self) -> dict[int, int]:
+        """Routes per table."""
+        raise NotImplementedError
+
+    def has_gateway(self) -> bool:
+        raise NotImplementedError
+
+    def of_table(self, table: int) -> list[KernelRoute]:
+        """The routes in ``table`` (only those are made)."""
+        raise NotImplementedError
 
 
 class Rule(NamedTuple):
@@ -149,6 +180,47 @@ def family_tables(routes: Sequence[Route]) -> set[tuple[int, int]]:
         of_family = compress(routes, map(eq, map(_FAMILY, routes), repeat(family)))
         pairs.update((family, table) for table in set(map(_TABLE, of_family)))
     return pairs
+
+
+_KR_ROUTE = itemgetter(0)
+_KR_PROTOCOL = itemgetter(2)
+
+
+def protocols_of(routes: Sequence[KernelRoute]) -> bytes:
+    """The protocol of each route, in order, one byte each (protocols are
+    8-bit): counted or searched in C."""
+    if isinstance(routes, RouteColumns):
+        return routes.protocols()
+    return bytes(map(_KR_PROTOCOL, routes))
+
+
+def all_of_protocol(routes: Sequence[KernelRoute], protocol: int) -> bool:
+    return protocols_of(routes).count(protocol) == len(routes)
+
+
+def kernel_family_tables(routes: Sequence[KernelRoute]) -> set[tuple[int, int]]:
+    """``family_tables`` of kernel routes."""
+    if isinstance(routes, RouteColumns):
+        return routes.family_tables()
+    return family_tables(list(map(_KR_ROUTE, routes)))
+
+
+def kernel_table_counts(routes: Sequence[KernelRoute]) -> dict[int, int]:
+    if isinstance(routes, RouteColumns):
+        return routes.table_counts()
+    return dict(Counter(map(_TABLE, map(_KR_ROUTE, routes))))
+
+
+def any_gateway(routes: Sequence[KernelRoute]) -> bool:
+    if isinstance(routes, RouteColumns):
+        return routes.has_gateway()
+    return any(kr.route.gateway is not None for kr in routes)
+
+
+def in_table(routes: Sequence[KernelRoute], table: int) -> list[KernelRoute]:
+    if isinstance(routes, RouteColumns):
+        return routes.of_table(table)
+    return [kr for kr in routes if kr.route.table == table]
 
 
 def describe_rule(rule: Rule) -> str:

@@ -9,7 +9,7 @@ is here, and tested table-driven without a kernel.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from operator import countOf, itemgetter
+from operator import itemgetter
 from typing import NamedTuple
 
 from .config import DeviceIntent
@@ -21,14 +21,22 @@ from .desired import (
     prunable_table,
     rules_for_intent,
     rules_for_routes,
+    rules_for_tables,
 )
 from .diff import Plan, diff_routes, diff_rules, rule_sort_key, rules_to_move
 from .facts import DeviceFacts, HostFacts
-from .model import MAIN_TABLE, KernelRoute, KernelRule, Route, Rule
+from .model import (
+    MAIN_TABLE,
+    KernelRoute,
+    KernelRule,
+    Route,
+    Rule,
+    all_of_protocol,
+    kernel_family_tables,
+)
 from .ownership import POLICY, OwnershipPolicy
 
 _ROUTE = itemgetter(0)  # KernelRoute.route
-_PROTOCOL = itemgetter(2)  # KernelRoute.protocol
 
 
 class HostSettings(NamedTuple):
@@ -59,8 +67,10 @@ def _ours(routes: Iterable[KernelRoute], settings: HostSettings) -> list[Route]:
     return [kr.route for kr in routes if is_ours(kr)]
 
 
-def _rules(routes: Iterable[Route], settings: HostSettings) -> set[Rule]:
-    return rules_for_routes(routes, settings.rule_priority, settings.rp_table)
+def _released(deleted: Sequence[KernelRoute], settings: HostSettings) -> set[Rule]:
+    """The rules the ``deleted`` routes held (from their tables alone)."""
+    pairs = kernel_family_tables(deleted)
+    return rules_for_tables(pairs, settings.rule_priority, settings.rp_table)
 
 
 def rp_families_to_read(
@@ -117,7 +127,7 @@ def plan_cleanup(
     owned = _owned_prefixes(intent, routes, settings)
     diff = diff_routes([], routes, policy=settings.policy, owned_prefixes=owned,
                        prunable=lambda table: True)  # fmt: skip
-    released = _rules(list(map(_ROUTE, diff.delete)), settings)
+    released = _released(diff.delete, settings)
     if intent is not None:
         released |= rules_for_intent(intent, settings.rule_priority, settings.rp_table)
     if families is not None:
@@ -136,7 +146,7 @@ def _owned_prefixes(
     thousands of prefixes are not made, and none is claimed."""
     if intent is None:
         return None
-    if countOf(map(_PROTOCOL, routes), settings.protocol) == len(routes):
+    if all_of_protocol(routes, settings.protocol):
         return set()
     return instance_prefixes(intent)
 
@@ -198,7 +208,9 @@ def plan_rules_resync(facts: HostFacts, settings: HostSettings) -> Plan:
     """The plugin's rules from the plugin's routes: a family's reverse-path
     rule iff the reverse-path table holds a plugin route of it, and no other
     plugin rule (but a stale one still needed, see stale_rules_to_delete)."""
-    wanted = _rules(map(_ROUTE, facts.plugin_routes), settings)
+    wanted = rules_for_routes(
+        list(map(_ROUTE, facts.plugin_routes)), settings.rule_priority, settings.rp_table
+    )
     add, unwanted = diff_rules(wanted, facts.plugin_rules, may_delete=lambda rule: True)
     delete = stale_rules_to_delete(unwanted, facts.plugin_routes, settings.rp_table)
     move = rules_to_move(add, facts.plugin_rules, delete)

@@ -32,6 +32,7 @@ from incus_host_tables.model import (
 )
 from incus_host_tables.model import describe_routes as describe_routes_bulk
 from incus_host_tables.netlink import codec as c
+from incus_host_tables.netlink import dump
 from incus_host_tables.netlink.kernel import Change, encode, encode_batch
 from incus_host_tables.ownership import OwnershipPolicy, incus_scope
 
@@ -100,7 +101,7 @@ def test_decode(
         if skip is None or kr.oif != skip:
             expected.append(kr)
     got: list[KernelRoute] = []
-    assert c.decode_route_dump(buf, seq, got, {}, skip) == expected_end
+    assert dump.decode_route_dump(buf, seq, got, {}, skip) == expected_end
     assert got == expected
     assert all(type(g.route) is Route and type(g) is KernelRoute for g in got)
 

@@ -5,11 +5,10 @@ Layouts follow <linux/netlink.h>, <linux/rtnetlink.h> and
 
 Besides the one-message functions (``route_body``, ``decode_route``...) there
 are bulk ones for the thousands of routes of one apply or one dump:
-``route_messages``/``raw_messages`` encode a whole batch with one
-``struct`` call per message, and ``decode_route_dump`` decodes the runs of
-same-shaped messages a dump consists of column by column. They give exactly
-what the one-message functions give (the unit tests hold them to it); they
-only spend less interpreter time per route. See docs/performance.md.
+``Batch`` encodes a whole batch column by column (dump.py decodes a dump
+the same way). They give exactly what the one-message functions give (the
+unit tests hold them to it); they only spend less interpreter time per
+route. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
-from itertools import compress, groupby, repeat
-from operator import itemgetter, ne
+from itertools import groupby
+from operator import itemgetter
 
 from ..model import AF_INET, HOST_PREFIXLEN, KernelRoute, KernelRule, Route, Rule
 
@@ -375,6 +374,7 @@ _ROUTE_SHAPE = itemgetter(0, 1, 3, 4, 5)
 _ROUTE_DST = itemgetter(2)
 _WORD = 4  # the columns are 32-bit words: every field that varies is one or more
 _RTM_FLAGS_WORD = 2  # rtm_flags: bytes 8-11 of an rtmsg
+_TYPE_FLAGS = struct.Struct("=HH")  # nlmsg_type, nlmsg_flags: the header's second word
 
 
 def _words(data: bytearray | bytes) -> memoryview:
@@ -456,6 +456,30 @@ class Batch:
             self._fill(words, stride, HDR // _WORD, rows, width)
             self._append_block(HDR + size, bytes(block))
 
+    def add_messages(
+        self,
+        messages: memoryview | bytes,
+        size: int,
+        kind: int,
+        flags: int,
+        rtm_flags_mask: int | None = None,
+    ) -> None:
+        """Route messages of ``size`` bytes each (a multiple of 4), back to
+        back as a dump brings them, made ``kind`` requests: what
+        ``add_bodies`` makes of their bodies, byte for byte, with only the
+        headers' type, flags, sequence number and port ID written over."""
+        n, stride = len(messages) // size, size // _WORD
+        block = bytearray(messages)
+        words = _words(block)
+        words[1::stride] = array("I", _TYPE_FLAGS.pack(kind, flags)) * n
+        words[2::stride] = array("I", range(self.next_seq, self.next_seq + n))
+        words[3::stride] = array("I", bytes(_WORD)) * n
+        if rtm_flags_mask is not None:
+            column = words[HDR // _WORD + _RTM_FLAGS_WORD :: stride]
+            if any(column.tobytes()):
+                column[:] = array("I", [v & rtm_flags_mask for v in column.tolist()])
+        self._append_block(size, bytes(block))
+
     def add_routes(
         self, routes: Iterable[Route], oif: int, protocol: int, kind: int, flags: int
     ) -> None:
@@ -503,269 +527,3 @@ class Batch:
     def messages(self) -> list[bytes]:
         """Each message on its own (for tests and tools)."""
         return [self.data(i, i + 1) for i in range(self._count)]
-
-
-# -- bulk decoding of route dumps ---------------------------------------------
-#
-# A dump is a stream of messages of a handful of shapes: an interface's IPv4
-# host routes, for instance, are all 52 bytes with RTA_TABLE, RTA_DST and
-# RTA_OIF in that order. ``decode_route`` walks the attributes of every
-# message in Python (a few microseconds each). Here the first message of each
-# length is walked once to learn its shape (_RouteLayout). The run of
-# messages that follows, back to back in the receive buffer, is then a table
-# with one row per message: a field at offset o of every message is the
-# strided slice ``view[o::length]`` of the buffer, copied out in C. Every
-# message is checked: its length, type and flags, sequence number, family and
-# every attribute header must be those of the shape (one bytes comparison per
-# field for the whole run), or the run ends before it and that message takes
-# the slow way. The KernelRoutes are zipped from the columns, in C too. So
-# the result is exactly ``decode_route``'s, for a fraction of the time.
-
-# The attributes a route's fields come from: (size or None for "any", name).
-_LAYOUT_ATTRS = {
-    RTA_TABLE: (4, "table_attr"),
-    RTA_OIF: (4, "oif"),
-    RTA_PRIORITY: (4, "priority"),
-    RTA_DST: (None, "dst"),
-    RTA_GATEWAY: (None, "gateway"),
-}
-_FIRST_RUN = 64  # messages tried at first; each full run tries 8x as many next
-_RAW = itemgetter(0)
-_new_tuple = tuple.__new__  # what a NamedTuple's __new__ ends in, called from C
-
-
-class _RouteLayout:
-    """Where the fields of every route message of one shape lie.
-
-    ``checks``: (offset, bytes) that every message of the shape has;
-    ``fields``: name -> (offset, size) of the values (offsets count from the
-    start of the message, its header included)."""
-
-    __slots__ = ("checks", "family", "fields", "length", "raw", "steady")
-
-    def __init__(
-        self,
-        length: int,
-        family: int,
-        checks: list[tuple[int, bytes]],
-        fields: dict[str, tuple[int, int]],
-    ) -> None:
-        self.length = length
-        self.family = family
-        self.checks = checks
-        self.fields = fields
-        self.raw = struct.Struct(f"{HDR}x{length - HDR}s")  # the body, as KernelRoute.raw
-        # Did the last stretch end only where the buffer did? Then the next
-        # buffer is most likely all of this shape too: try it in one run.
-        self.steady = False
-
-    @classmethod
-    def learn(cls, buf: bytes, start: int, length: int, seq: int) -> _RouteLayout | None:
-        """The shape of the message at ``start``; None when it is one the
-        fast path does not take (then every message of it is decoded singly)."""
-        if length % 4 or length < HDR + BODY:
-            return None
-        family = buf[start + HDR]
-        msg = bytes(buf[start : start + length])
-        checks = [  # 4-byte words or single bytes: see _column
-            (0, msg[0:4]),  # nlmsg_len
-            (4, msg[4:8]),  # nlmsg_type, nlmsg_flags
-            (8, _U32.pack(seq)),  # nlmsg_seq
-            (16, msg[16:17]),  # rtm_family
-        ]
-        fields = {
-            "dst_len": (17, 1),
-            "table": (20, 1),
-            "protocol": (21, 1),
-            "scope": (22, 1),
-            "type": (23, 1),
-        }
-        pos = HDR + BODY
-        while pos < length:
-            if pos + 4 > length:
-                return None
-            alen, atype = _unpack_rtattr(msg, pos)
-            if alen < 4 or pos + alen > length:
-                return None
-            checks.append((pos, msg[pos : pos + 4]))  # the attribute header
-            size, name = _LAYOUT_ATTRS.get(atype, (0, None))
-            if name is not None:
-                if size is not None and alen - 4 != size:
-                    return None  # decode_route would read past it
-                if alen == 4:
-                    return None  # decode_route treats an empty address specially
-                fields[name] = (pos + 4, alen - 4)  # a later one wins, as in decode_route
-            pos += (alen + 3) & ~3
-        if pos != length:
-            return None
-        return cls(length, family, checks, fields)
-
-    def decode(
-        self,
-        view: memoryview,
-        start: int,
-        count: int,
-        out: list[KernelRoute],
-        skip_oif: int | None,
-    ) -> int:
-        """Decode the longest run of this shape among the ``count`` messages
-        from ``start`` into ``out``; return its length. Runs are tried in
-        growing sizes (unless the shape has been steady), so a stream that
-        keeps changing shape costs a constant factor, never quadratic time."""
-        done, length = 0, self.length
-        size = count if self.steady else _FIRST_RUN
-        while done < count:
-            want = min(size, count - done)
-            part = view[start + done * length : start + (done + want) * length]
-            got = self._decode_run(part, want, out, skip_oif)
-            done += got
-            if got < want:
-                break
-            size *= 8
-        self.steady = done == count
-        return done
-
-    def _column(self, part: memoryview, offset: int, size: int) -> bytes:
-        """Field (offset, size) of every message in ``part``, back to back."""
-        if size == 1:
-            return part[offset :: self.length].tobytes()
-        if size == 4 and offset % 4 == 0:
-            return part.cast("I")[offset // 4 :: self.length // 4].tobytes()
-        return b"".join(part[i : i + size] for i in range(offset, len(part), self.length))
-
-    def _good_prefix(self, part: memoryview, count: int) -> int:
-        """How many messages from the first are of this shape."""
-        good = count
-        for offset, expected in self.checks:
-            column = self._column(part, offset, len(expected))
-            if column != expected * count:
-                good = min(good, _first_difference(column, expected, count))
-        return good
-
-    def _decode_run(
-        self, part: memoryview, count: int, out: list[KernelRoute], skip_oif: int | None
-    ) -> int:
-        good = self._good_prefix(part, count)
-        if not good:
-            return 0
-        if good < count:
-            part = part[: good * self.length]
-        fields = self.fields
-        oifs: Iterable[int]
-        if "oif" in fields:
-            oif_column = self._column(part, *fields["oif"])
-            if skip_oif is not None and oif_column == _U32.pack(skip_oif) * good:
-                return good  # every one on the interface to skip: nothing to make
-            oifs = _u32s(oif_column)
-        elif skip_oif == 0:
-            return good  # no RTA_OIF: decode_route says 0
-        else:
-            oifs, skip_oif = repeat(0), None
-        raws = list(map(_RAW, self.raw.iter_unpack(part)))
-
-        def values(name: str, default: object) -> Iterable[object]:
-            if name not in fields:
-                return repeat(default)
-            offset, size = fields[name]
-            if name in ("dst", "gateway"):  # bytes: sliced out of each raw body
-                return map(itemgetter(slice(offset - HDR, offset - HDR + size)), raws)
-            column = self._column(part, offset, size)
-            return column if size == 1 else _u32s(column)  # bytes iterate as ints
-
-        zero = bytes(4 if self.family == AF_INET else 16)
-        routes = map(
-            _new_tuple,
-            repeat(Route),
-            zip(
-                repeat(self.family),
-                values("table_attr", None) if "table_attr" in fields else values("table", 0),
-                values("dst", zero),
-                values("dst_len", 0),
-                values("gateway", None),
-                values("priority", 0),
-                strict=False,
-            ),
-        )
-        kernel_routes = map(
-            _new_tuple,
-            repeat(KernelRoute),
-            zip(
-                routes,
-                oifs,
-                values("protocol", 0),
-                values("scope", 0),
-                values("type", 0),
-                raws,
-                strict=False,
-            ),
-        )
-        if skip_oif is None:
-            out.extend(kernel_routes)
-        else:
-            out.extend(compress(kernel_routes, map(ne, oifs, repeat(skip_oif))))
-        return good
-
-
-_U32 = U32
-
-
-def _u32s(column: bytes) -> list[int]:
-    return memoryview(column).cast("I").tolist()
-
-
-def _first_difference(column: bytes, expected: bytes, count: int) -> int:
-    """Index of the first of ``count`` fields in ``column`` that is not
-    ``expected`` (binary search over prefixes, each compared in C)."""
-    size = len(expected)
-    lo, hi = 0, count  # the first `lo` fields match; a mismatch is before `hi`
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if column[: mid * size] == expected * mid:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def decode_route_dump(
-    buf: bytes,
-    seq: int,
-    out: list[KernelRoute],
-    layouts: dict[int, _RouteLayout | None],
-    skip_oif: int | None = None,
-) -> tuple[int, int, int, int] | None:
-    """Decode the route messages of dump ``seq`` in one receive buffer into
-    ``out``, in order (those on interface ``skip_oif`` left out); messages of
-    other requests are skipped.
-
-    Returns (type, flags, body start, body end) of the NLMSG_DONE or
-    NLMSG_ERROR that ends the dump, or None when the dump goes on in the next
-    buffer. ``layouts`` carries the learnt shapes from buffer to buffer of
-    one dump (start each dump with an empty dict: they check its sequence
-    number)."""
-    view = memoryview(buf)
-    offset, end = 0, len(buf)
-    while offset + HDR <= end:
-        length, kind, flags, mseq, _pid = _unpack_hdr(buf, offset)
-        if length < HDR:
-            raise ValueError(f"malformed netlink message length {length}")
-        if mseq == seq:
-            if kind in (NLMSG_DONE, NLMSG_ERROR):
-                return kind, flags, offset + HDR, offset + length
-            if kind == RTM_NEWROUTE:
-                if length in layouts:
-                    layout = layouts[length]
-                else:
-                    layout = layouts[length] = _RouteLayout.learn(buf, offset, length, seq)
-                if layout is not None:
-                    # length is a multiple of 4 here: the messages lie back to back
-                    count = (end - offset) // length
-                    taken = layout.decode(view, offset, count, out, skip_oif)
-                    if taken:
-                        offset += taken * length
-                        continue
-            kr = decode_route(buf, offset + HDR, offset + length)
-            if skip_oif is None or kr.oif != skip_oif:
-                out.append(kr)
-        offset += (length + 3) & ~3
-    return None

@@ -34,11 +34,11 @@ import os
 import threading
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
 from itertools import groupby
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ..model import (
     AF_INET,
@@ -52,6 +52,7 @@ from ..model import (
     gc_paused,
 )
 from . import codec as c
+from .dump import DumpedRoutes, RouteLayout, decode_route_dump
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
@@ -69,6 +70,10 @@ CHUNK_MESSAGES = 2048
 # rtm_flags a dump reports but a request must not carry (linkdown, dead...):
 # keep only "onlink".
 _RTNH_F_ONLINK = 0x4
+
+
+# What a dump decodes into: a list of routes, or the routes kept as dumped.
+Out = TypeVar("Out", list[KernelRoute], DumpedRoutes)
 
 
 class NetlinkError(OSError):
@@ -219,8 +224,11 @@ def encode_runs(
             batch.add_routes(items, oif, protocol, mtype, flags)  # type: ignore[arg-type]
         elif kind == ChangeKind.DEL_ROUTE:
             mtype, flags = (c.RTM_NEWROUTE, _CREATE) if undo else (c.RTM_DELROUTE, _DELETE)
-            raws = map(_RAW, items)  # each sent back as a request: see _request_body
-            batch.add_bodies(raws, mtype, flags, rtm_flags_mask=_RTNH_F_ONLINK)
+            # Each sent back as a request: see _request_body.
+            if isinstance(items, DumpedRoutes):
+                items.add_requests(batch, mtype, flags, _RTNH_F_ONLINK)
+            else:
+                batch.add_bodies(map(_RAW, items), mtype, flags, rtm_flags_mask=_RTNH_F_ONLINK)
         else:
             for item in items:
                 batch.add(*encode(Change(kind, item, oif), protocol, undo))
@@ -379,7 +387,7 @@ class Netlink:
         protocol (0: any); those on ``exclude_oif`` are dropped while
         decoding (the kernel cannot filter that way). Retried when a
         concurrent change interrupts the dump."""
-        return self._routes(self._sock, family, oif, table, protocol, exclude_oif)
+        return self._routes(self._sock, family, oif, table, protocol, exclude_oif, out=list)
 
     def link_routes(self, oif: int) -> list[KernelRoute]:
         """Every route on interface ``oif``, in every table: IPv4, then IPv6."""
@@ -395,7 +403,15 @@ class Netlink:
         inside system calls, which release the GIL: so a helper thread works
         through the queries on the second socket while this thread does on
         the first, and one's walk overlaps the other's walk or decoding."""
-        results: list[list[KernelRoute]] = [[] for _ in queries]
+        return self._many(queries, list)
+
+    def dumps_many(self, queries: Sequence[RouteQuery]) -> list[DumpedRoutes]:
+        """``routes_many``, the routes kept as dumped (dump.DumpedRoutes):
+        made into objects only if they are iterated."""
+        return self._many(queries, DumpedRoutes)
+
+    def _many(self, queries: Sequence[RouteQuery], new: Callable[[], Out]) -> list[Out]:
+        results: list[Out] = [new() for _ in queries]
         todo = deque(range(len(queries)))
         failed: list[BaseException] = []
 
@@ -405,7 +421,7 @@ class Netlink:
                     i = todo.popleft()  # atomic: the two threads share it
                 except IndexError:
                     return
-                results[i] = self._routes(sock, *queries[i])
+                results[i] = self._routes(sock, *queries[i], out=new)
 
         def helper_work() -> None:
             try:
@@ -437,30 +453,32 @@ class Netlink:
         table: int,
         protocol: int,
         exclude_oif: int | None,
-    ) -> list[KernelRoute]:
+        *,
+        out: Callable[[], Out],
+    ) -> Out:
         for attempt in range(5):
             seq = self._next_seq()
             req = c.dump_request(
                 c.RTM_GETROUTE, seq, family, table=table, protocol=protocol, oif=oif
             )
             try:
-                return self._dump_routes(sock, req, seq, exclude_oif)
+                return self._dump_routes(sock, req, seq, exclude_oif, out())
             except NetlinkError as err:
                 if err.errno != errno_mod.EAGAIN or attempt == 4:
                     raise
         raise AssertionError("unreachable")
 
     def _dump_routes(
-        self, sock: socket.socket, request: bytes, seq: int, exclude_oif: int | None
-    ) -> list[KernelRoute]:
-        """One route dump, decoded in bulk; ends as ``_dump`` does."""
-        found: list[KernelRoute] = []
-        layouts: dict[int, c._RouteLayout | None] = {}
+        self, sock: socket.socket, request: bytes, seq: int, exclude_oif: int | None, found: Out
+    ) -> Out:
+        """One route dump into ``found``, decoded in bulk (or kept as
+        dumped); ends as ``_dump`` does."""
+        layouts: dict[int, RouteLayout | None] = {}
         sock.send(request)
         with gc_paused():
             while True:
                 buf = sock.recv(RECV_BYTES)
-                end = c.decode_route_dump(buf, seq, found, layouts, exclude_oif)
+                end = decode_route_dump(buf, seq, found, layouts, exclude_oif)
                 if end is None:
                     continue
                 kind, flags, start, stop = end
@@ -470,7 +488,7 @@ class Netlink:
                     return found
                 err, text = c.decode_error(buf, start, stop, flags)
                 if err == errno_mod.ENOENT:
-                    return []  # the filtered table does not exist: nothing in it
+                    return found  # the filtered table does not exist: nothing in it (nor before)
                 raise NetlinkError(err, f"{os.strerror(err)} {text}".strip())
 
     def fib_lookup(self, table: int, dsts: Sequence[bytes]) -> list[int | None] | None:
