@@ -23,6 +23,7 @@ from incus_host_tables.desired import desired_routes
 from incus_host_tables.engine import DevicePlan, Engine
 from incus_host_tables.facts import FULL, MAIN_PROBE_LIMIT, ReadScope
 from incus_host_tables.model import AF_INET, AF_INET6, KernelRoute
+from incus_host_tables.netlink.dump import DumpedRoutes
 from incus_host_tables.netlink.kernel import Netlink, RouteQuery
 
 from .helpers import NetNS, incus_routes, intent
@@ -61,17 +62,18 @@ def main_dumps(engine: Engine, ifname: str, want: DeviceIntent) -> set[int]:
     """The families whose main table a scoped read of ``want`` dumps (the
     others it probes), and no dump without a table filter."""
     seen: list[RouteQuery] = []
-    real = engine.nl.routes_many
+    real = engine.nl.dumps_many
 
-    def spy(queries: Sequence[RouteQuery]) -> list[list[KernelRoute]]:
+    def spy(queries: Sequence[RouteQuery]) -> list[DumpedRoutes]:
         seen.extend(queries)
         return real(queries)
 
-    engine.nl.routes_many = spy  # type: ignore[method-assign]
+    engine.nl.dumps_many = spy  # type: ignore[method-assign]
     try:
         engine.device_facts(ifname, want)
     finally:
-        del engine.nl.routes_many
+        del engine.nl.dumps_many
+    assert seen, "the read made no dump at all: the spy sees nothing"
     assert all(q.table for q in seen), seen
     return {q.family for q in seen if q.table == 254}
 

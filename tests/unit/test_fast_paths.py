@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import sys
+from collections import Counter
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -33,7 +34,14 @@ from incus_host_tables.model import (
 from incus_host_tables.model import describe_routes as describe_routes_bulk
 from incus_host_tables.netlink import codec as c
 from incus_host_tables.netlink import dump
-from incus_host_tables.netlink.kernel import Change, encode, encode_batch
+from incus_host_tables.netlink.kernel import (
+    Change,
+    ChangeKind,
+    ChangeRun,
+    encode,
+    encode_batch,
+    encode_runs,
+)
 from incus_host_tables.ownership import OwnershipPolicy, incus_scope
 
 V4, V6 = 2, 10
@@ -63,11 +71,19 @@ _shapes = st.lists(
 )  # fmt: skip
 
 
-def _dump(seq: int, shapes: list[Any], pattern: list[int], foreign_every: int) -> bytes:
+def _dump(
+    seq: int,
+    shapes: list[Any],
+    pattern: list[int],
+    foreign_every: int,
+    protocols: list[int] = [4],  # noqa: B006  # read only
+    flags: list[int] = [0],  # noqa: B006
+) -> bytes:
     out = b""
     for i, k in enumerate(pattern):
         family, dst_len, table, attrs = shapes[k % len(shapes)]
-        body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, 4, 0, 1, 0)
+        protocol, rtm_flags = protocols[i % len(protocols)], flags[i % len(flags)]
+        body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, protocol, 0, 1, rtm_flags)
         body += b"".join(_attr(t, p) for t, p in attrs)
         other = foreign_every and i % foreign_every == 0  # a reply to another request
         out += c.message(c.RTM_NEWROUTE, 2, seq + 1 if other else seq, body)
@@ -104,6 +120,70 @@ def test_decode(
     assert dump.decode_route_dump(buf, seq, got, {}, skip) == expected_end
     assert got == expected
     assert all(type(g.route) is Route and type(g) is KernelRoute for g in got)
+
+
+@SETTINGS
+@given(
+    _shapes,
+    st.lists(st.integers(0, 3), min_size=1, max_size=80),
+    st.integers(0, 7),
+    st.sampled_from([None, 0, 5, 7]),
+    st.lists(st.sampled_from([158, 158, 158, 3, 4]), min_size=1, max_size=5),
+    st.lists(st.sampled_from([0, 0, 0x4, 0x41]), min_size=1, max_size=3),
+)
+def test_kept_dump(
+    shapes: list[Any],
+    pattern: list[int],
+    foreign_every: int,
+    skip: int | None,
+    protocols: list[int],
+    flags: list[int],
+) -> None:
+    """A dump kept as its messages (DumpedRoutes) is the decoded one: as a
+    sequence, column by column, and sent back as requests byte for byte."""
+    seq = 77
+    buf = _dump(seq, shapes, pattern, foreign_every, protocols, flags)
+    buf += c.message(c.NLMSG_DONE, 2, seq, b"\0\0\0\0")
+    decoded: list[KernelRoute] = []
+    end = dump.decode_route_dump(buf, seq, decoded, {}, skip)
+
+    def kept() -> dump.DumpedRoutes:  # a fresh one: its columns before any route is made
+        routes = dump.DumpedRoutes()
+        assert dump.decode_route_dump(buf, seq, routes, {}, skip) == end
+        return routes
+
+    assert kept().protocols() == bytes(kr.protocol for kr in decoded)
+    assert kept().family_tables() == {(kr.route.family, kr.route.table) for kr in decoded}
+    assert kept().table_counts() == dict(Counter(kr.route.table for kr in decoded))
+    assert kept().has_gateway() == any(kr.route.gateway is not None for kr in decoded)
+    for table in {kr.route.table for kr in decoded} | {1}:
+        assert kept().of_table(table) == [kr for kr in decoded if kr.route.table == table]
+    for oif in {kr.oif for kr in decoded} | {1}:
+        on, off = kept().split_oif(oif)
+        assert (list(on), list(off)) == (
+            [kr for kr in decoded if kr.oif == oif],
+            [kr for kr in decoded if kr.oif != oif],
+        )
+    for undo in (False, True):
+        sent = encode_runs([ChangeRun(ChangeKind.DEL_ROUTE, kept())], 158, 900, undo)
+        each = encode_batch([Change(ChangeKind.DEL_ROUTE, kr, 0) for kr in decoded], 158, 900, undo)
+        assert sent.messages() == each.messages()
+        assert sent.data(0, len(sent)) == each.data(0, len(each))
+    routes = kept()
+    assert len(routes) == len(decoded)
+    assert routes == decoded and list(routes) == decoded and routes[:] == decoded
+    assert all(type(g.route) is Route and type(g) is KernelRoute for g in routes)
+    _kept_runs.append(any(isinstance(p, tuple) for p in kept()._parts))
+
+
+_kept_runs: list[bool] = []
+
+
+def test_kept_dump_keeps_runs() -> None:
+    """The property above did keep runs as messages, not only odd ones."""
+    _kept_runs.clear()
+    test_kept_dump()
+    assert any(_kept_runs)
 
 
 def _route(family: int, table: int, plen: int, gw: bytes | None, prio: int, dst: bytes) -> Route:
@@ -274,6 +354,10 @@ def test_cleanup_diff(present: list[KernelRoute], owned_from: int | None, vrf: b
     got = diff_routes([], present, policy=policy, owned_prefixes=owned, prunable=prunable)
     assert got.delete == expected
     assert [id(kr) for kr in got.delete] == [id(kr) for kr in expected]
+    # The same routes with columns (as a device's dump brings them).
+    kept = dump.DumpedRoutes(present)
+    got_kept = diff_routes([], kept, policy=policy, owned_prefixes=owned, prunable=prunable)
+    assert list(got_kept.delete) == expected
     assert (got.add, got.adopt, got.conflicts) == ([], [], [])
     _met_incus_copy.append(any(kr.protocol != 158 for kr in got.delete))
 

@@ -268,10 +268,10 @@ class RouteLayout:
     def protocols(self, part: memoryview) -> bytes:
         return self._column(part, *self.fields["protocol"])
 
-    def tables(self, part: memoryview) -> list[int] | bytes:
+    def tables(self, part: memoryview) -> list[int]:
         if "table_attr" in self.fields:  # RTA_TABLE (a 32-bit ID) wins over rtm_table
             return _u32s(self._column(part, *self.fields["table_attr"]))
-        return self._column(part, *self.fields["table"])
+        return list(self._column(part, *self.fields["table"]))
 
 
 _U32 = U32
