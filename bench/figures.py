@@ -24,7 +24,7 @@ from pathlib import Path
 from incus_host_tables.config import DeviceIntent, parse_device
 from incus_host_tables.engine import DevicePlan, Engine
 from incus_host_tables.model import AF_INET, AF_INET6
-from incus_host_tables.netlink import codec
+from incus_host_tables.netlink import codec, dump
 from incus_host_tables.netlink.kernel import encode_runs
 from lab.netns import Namespaces, NetNS
 
@@ -305,12 +305,12 @@ def exec_per_route(nss: Namespaces, sample: int, reps: int, run_dir: str, log: L
 
 
 class _MessageCounter:
-    """Counts the route messages that reach Python (wraps the codec's dump
-    decoder for the duration)."""
+    """Counts the route messages that reach Python (wraps the dump decoder
+    for the duration)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._orig = codec.decode_route_dump
+        self._orig = dump.decode_route_dump
 
     def __enter__(self) -> _MessageCounter:
         orig = self._orig
@@ -321,11 +321,11 @@ class _MessageCounter:
             )
             return orig(buf, seq, out, layouts, skip_oif)
 
-        codec.decode_route_dump = counting
+        dump.decode_route_dump = counting
         return self
 
     def __exit__(self, *exc: object) -> None:
-        codec.decode_route_dump = self._orig
+        dump.decode_route_dump = self._orig
 
 
 READ_SCENARIOS = {

@@ -52,7 +52,8 @@ from ..model import (
     gc_paused,
 )
 from . import codec as c
-from .dump import DumpedRoutes, RouteLayout, decode_route_dump
+from . import dump
+from .dump import DumpedRoutes, RouteLayout
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
@@ -478,7 +479,7 @@ class Netlink:
         with gc_paused():
             while True:
                 buf = sock.recv(RECV_BYTES)
-                end = decode_route_dump(buf, seq, found, layouts, exclude_oif)
+                end = dump.decode_route_dump(buf, seq, found, layouts, exclude_oif)
                 if end is None:
                     continue
                 kind, flags, start, stop = end
