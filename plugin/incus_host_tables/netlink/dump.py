@@ -358,20 +358,26 @@ class DumpedRoutes(RouteColumns):
     routes a decoding gives, in the same order; they are made once, the
     first time one is asked for."""
 
-    __slots__ = ("_count", "_made", "_parts")
+    __slots__ = ("_count", "_made", "_pairs", "_parts", "_protocols")
 
     def __init__(self, routes: Iterable[KernelRoute] = ()) -> None:
         self._parts: list[_Block | list[KernelRoute]] = []
         self._count = 0
         self._made: list[KernelRoute] | None = None
+        # The columns a cleanup asks for more than once (planner, record).
+        self._protocols: bytes | None = None
+        self._pairs: frozenset[tuple[int, int]] | None = None
         self.extend(routes)
+
+    def _changed(self) -> None:
+        self._made = self._protocols = self._pairs = None
 
     # -- building ---------------------------------------------------------
 
     def add_block(self, layout: RouteLayout, view: memoryview, count: int) -> None:
         self._parts.append(_Block(layout, view, count))
         self._count += count
-        self._made = None
+        self._changed()
 
     def extend(self, routes: Iterable[KernelRoute]) -> None:
         if isinstance(routes, DumpedRoutes):
@@ -385,7 +391,7 @@ class DumpedRoutes(RouteColumns):
             before = len(single)
             single.extend(routes)
             self._count += len(single) - before
-        self._made = None
+        self._changed()
 
     def append(self, route: KernelRoute) -> None:
         self.extend((route,))
@@ -429,10 +435,14 @@ class DumpedRoutes(RouteColumns):
     # -- columns (RouteColumns) --------------------------------------------
 
     def protocols(self) -> bytes:
-        return b"".join(
-            p.layout.protocols(p.view) if isinstance(p, _Block) else bytes(kr.protocol for kr in p)
-            for p in self._parts
-        )
+        if self._protocols is None:
+            self._protocols = b"".join(
+                p.layout.protocols(p.view)
+                if isinstance(p, _Block)
+                else bytes(kr.protocol for kr in p)
+                for p in self._parts
+            )
+        return self._protocols
 
     def _tables(self, part: _Block | list[KernelRoute]) -> Iterable[int]:
         if isinstance(part, _Block):
@@ -440,14 +450,16 @@ class DumpedRoutes(RouteColumns):
         return (kr.route.table for kr in part)
 
     def family_tables(self) -> set[tuple[int, int]]:
-        pairs: set[tuple[int, int]] = set()
-        for part in self._parts:
-            if isinstance(part, _Block):
-                family = part.layout.family
-                pairs.update((family, table) for table in set(self._tables(part)))
-            else:
-                pairs.update((kr.route.family, kr.route.table) for kr in part)
-        return pairs
+        if self._pairs is None:
+            pairs: set[tuple[int, int]] = set()
+            for part in self._parts:
+                if isinstance(part, _Block):
+                    family = part.layout.family
+                    pairs.update((family, table) for table in set(self._tables(part)))
+                else:
+                    pairs.update((kr.route.family, kr.route.table) for kr in part)
+            self._pairs = frozenset(pairs)
+        return set(self._pairs)
 
     def table_counts(self) -> dict[int, int]:
         counts: Counter[int] = Counter()
