@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 from collections.abc import Collection, Mapping, Sequence
 from enum import Enum
-from operator import itemgetter
 from typing import NamedTuple
 
 from .applied import Applied, Prefix
@@ -60,7 +59,6 @@ FAMILIES = (AF_INET, AF_INET6)
 MAIN_PROBE_LIMIT = 64
 
 _FR_ACT_TO_TBL = 1  # a rule's action: look up a table (fib_rule_hdr.action, byte 7)
-_OIF = itemgetter(1)  # KernelRoute.oif
 
 
 class ReadScope(Enum):
