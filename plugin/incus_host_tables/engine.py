@@ -46,7 +46,6 @@ from .model import (
     Route,
     Rule,
     Value,
-    all_of_protocol,
     describe_route,
     describe_routes,
     describe_rule,
@@ -330,7 +329,7 @@ class Engine:
         # columns (model.RouteColumns) or filtered in C.
         routes, plan, limit = facts.routes, dp.plan, MAIN_PROBE_LIMIT
         present: Sequence[KernelRoute] = routes
-        if not all_of_protocol(routes, self.protocol):
+        if protocols_of(routes).count(self.protocol) != len(routes):
             present = list(compress(routes, map(eq, map(_PROTOCOL, routes), repeat(self.protocol))))
         there = applied_of_kernel(present, limit)
         kept = there
