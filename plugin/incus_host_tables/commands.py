@@ -117,6 +117,8 @@ def _outcome_records(out: Outcome) -> list[Record]:
         records += [Record(who, result.device, RecordKind.WARNING, w) for w in result.warnings]
     if out.error:
         records.append(Record(who, "", RecordKind.ERROR, out.error))
+    for result in out.nics:  # after the error line, as a dry run shows them
+        records += [Record(who, result.device, RecordKind.ISOLATION, c) for c in result.isolated]
     return records
 
 

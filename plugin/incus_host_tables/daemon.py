@@ -217,6 +217,8 @@ class Daemon:
             for result in out.nics:
                 for line in result.changes:
                     log.info("%s/%s device %s: %s", project, name, result.device, line)
+                for line in result.isolated:
+                    log.info("%s/%s device %s: isolated: %s", project, name, result.device, line)
             if out.ok:
                 self.repairer.manage(project, name, self._managed(project, name, nics))
             else:

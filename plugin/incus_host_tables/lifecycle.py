@@ -49,6 +49,9 @@ class NicResult:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # What isolating the instance removed from this NIC (``- route ...``):
+    # a real run reports it as its dry run previewed it.
+    isolated: list[str] = field(default_factory=list)
 
 
 class Action(StrEnum):
@@ -188,8 +191,13 @@ class Lifecycle:
         log.error("%s/%s: %s; isolating the instance", out.project, out.name, message)
         problems.record(out.project, out.name, message, self.source)
         failed = False
+        # The current NICs' results (an earlier host interface's come after).
+        results = {(r.device, r.host_name): r for r in reversed(out.nics)}
         for nic in nics:
-            _, errors = self._cleanup_nic(nic, dry_run=False)
+            removed, errors = self._cleanup_nic(nic, dry_run=False)
+            result = results.get((nic.device, nic.host_name))
+            if result is not None:
+                result.isolated = removed
             for error in errors:  # the other NICs are isolated all the same
                 failed = True
                 log.error(

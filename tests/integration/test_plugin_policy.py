@@ -487,6 +487,8 @@ def test_reconcile_dry_run_previews_a_stricter_policy(
     assert [line for line in out.stderr.splitlines() if line.startswith("error: ")] == (
         preview.stderr.splitlines()
     ), out.stderr
+    # It lists what it removed, line for line as the preview did.
+    assert [line for line in out.stdout.splitlines() if ": isolate: " in line] == isolated
     for addr in (a4, a6, b4_out):
         assert plug.lab.route_entries(addr) == [], plug.lab.route_entries(addr)
     assert plug.lab.route_entries(b4_in) == ours[b4_in]

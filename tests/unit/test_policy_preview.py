@@ -73,10 +73,18 @@ def test_isolating_every_holder_previews_the_rule_going(
     rule_lines = [line for line in out.out.splitlines() if "rule" in line]
     assert rule_lines == ["- rule -4 pref 1100 iif lo lookup 1158"], out.out
 
+    previewed = [line for line in out.out.splitlines() if ": isolate: " in line]
+    assert len(previewed) == 4, out.out
+
     rc = commands.act(engine, SNAPSHOTS, "reconcile", tables=TABLES)
     assert rc == commands.EXIT_PROBLEM
     assert [kr for kr in kernel.rules if kr.protocol == OURS] == []
     assert [kr for kr in kernel.routes.values() if kr.protocol == OURS] == []
-    capsys.readouterr()
+    # The real run tells what it removed, as the preview said it would; the
+    # rule goes with the isolation of its last holder.
+    done = capsys.readouterr().out.splitlines()
+    rule = "tenant/c2 eth0: isolate: - rule -4 pref 1100 iif lo lookup 1158"
+    assert [line for line in done if ": isolate: " in line] == [*previewed, rule], done
+    assert not [line for line in done if ": isolate: " not in line], done
     rc = commands.act(engine, SNAPSHOTS, "reconcile", tables=TABLES, dry_run=True)
     assert "rule" not in capsys.readouterr().out
