@@ -191,17 +191,14 @@ class RouteLayout:
         """A checked run, kept as it is; made into routes only when it mixes
         routes on ``skip_oif`` with others."""
         if skip_oif is not None:
-            if "oif" in self.fields:
-                skipped = _u32s(self._column(part, *self.fields["oif"])).count(skip_oif)
-                if skipped == count:
-                    return
-                if skipped:
-                    made: list[KernelRoute] = []
-                    self.build(part, count, made, skip_oif)
-                    out.extend(made)
-                    return
-            elif skip_oif == 0:
-                return  # no RTA_OIF: decode_route says 0
+            skipped = self.oifs(part).count(skip_oif)
+            if skipped == count:
+                return
+            if skipped:
+                made: list[KernelRoute] = []
+                self.build(part, count, made, skip_oif)
+                out.extend(made)
+                return
         out.add_block(self, part, count)
 
     def build(
@@ -267,6 +264,11 @@ class RouteLayout:
 
     def protocols(self, part: memoryview) -> bytes:
         return self._column(part, *self.fields["protocol"])
+
+    def oifs(self, part: memoryview) -> list[int]:
+        if "oif" in self.fields:
+            return _u32s(self._column(part, *self.fields["oif"]))
+        return [0] * (len(part) // self.length)  # no RTA_OIF: decode_route says 0
 
     def tables(self, part: memoryview) -> list[int]:
         if "table_attr" in self.fields:  # RTA_TABLE (a 32-bit ID) wins over rtm_table
@@ -494,20 +496,9 @@ class DumpedRoutes(RouteColumns):
         on, off = DumpedRoutes(), DumpedRoutes()
         for part in self._parts:
             if isinstance(part, _Block):
-                fields = part.layout.fields
-                oifs = (
-                    _u32s(part.layout._column(part.view, *fields["oif"]))
-                    if "oif" in fields
-                    else [0] * part.rows
-                )
-                here = oifs.count(oif)
-                if here == part.rows:
-                    on._parts.append(part)
-                    on._count += part.rows
-                    continue
-                if not here:
-                    off._parts.append(part)
-                    off._count += part.rows
+                here = part.layout.oifs(part.view).count(oif)
+                if here == part.rows or not here:
+                    (on if here else off).add_block(part.layout, part.view, part.rows)
                     continue
                 made: list[KernelRoute] = []
                 part.layout.build(part.view, part.rows, made)
